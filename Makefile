@@ -1,0 +1,44 @@
+# Everything sets itself up: a virtual environment in .venv, the package installed
+# editable with its test extra. Only python3 (>= 3.11) and make are needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint typecheck fmt clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+DEMO_INPUTS := samples/prompts.jsonl samples/chat_bodies.jsonl samples/batch_api.jsonl
+
+# The main job against the built-in simulator (no key, no network): start it on a free
+# port, run the samples through it, show the summary, stop it.
+demo: $(STAMP)
+	@rm -rf demo-output && mkdir -p demo-output
+	@$(BIN)/batchib simulate --port 0 --latency-ms 40 --port-file demo-output/simulator.url \
+	    >demo-output/simulator.log 2>&1 & sim=$$!; \
+	trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
+	for i in $$(seq 100); do [ -s demo-output/simulator.url ] && break; sleep 0.1; done; \
+	[ -s demo-output/simulator.url ] || { cat demo-output/simulator.log; exit 1; }; \
+	BATCHIB_API_KEY=demo-key-not-secret $(BIN)/batchib run $(DEMO_INPUTS) \
+	    --model gpt-5.4-mini -o demo-output/results.jsonl --overwrite \
+	    --base-url "$$(cat demo-output/simulator.url)"; \
+	status=$$?; echo "results: demo-output/results.jsonl, summary: demo-output/results.jsonl.summary.json"; \
+	exit $$status
+
+test: $(STAMP)
+	$(BIN)/ruff format --check batchib tests
+	$(BIN)/ruff check batchib tests
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+fmt: $(STAMP)
+	$(BIN)/ruff format batchib tests
+	$(BIN)/ruff check --fix batchib tests
+
+clean:
+	rm -rf $(VENV) demo-output

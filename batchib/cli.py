@@ -1,0 +1,353 @@
+"""The command line: options and environment in, a Job built, one call, messages and an
+exit status out. No business logic lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import orjson
+
+from batchib.config import DEFAULT_BASE_URL, ApiKey, Job, RequestDefaults, RunSettings
+from batchib.control import EXIT_ABORTED, EXIT_TERMINATED, RunControl
+from batchib.errors import BatchibError, ConfigError
+from batchib.version import __version__
+
+KEY_VARIABLES = ("BATCHIB_API_KEY", "INFINITYBLUE_API_KEY", "OPENAI_API_KEY")
+
+
+def _fail(message: str, status: int = EXIT_ABORTED) -> NoReturn:
+    click.echo(f"batchib: error: {message}", err=True)
+    sys.exit(status)
+
+
+def read_api_key(key_file: Path | None) -> ApiKey:
+    """The key from --api-key-file, else the first of KEY_VARIABLES that is set."""
+    if key_file is not None:
+        try:
+            return ApiKey(key_file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read the API key file {key_file}: {exc.strerror}") from exc
+        except ConfigError as exc:
+            raise ConfigError(f"{key_file}: {exc}") from exc
+    for name in KEY_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return ApiKey(value)
+    raise ConfigError(
+        "no API key: set BATCHIB_API_KEY (or INFINITYBLUE_API_KEY, OPENAI_API_KEY) "
+        "or pass --api-key-file; to try batchib without a key, see `make demo`"
+    )
+
+
+def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=JSON", param_hint="--param")
+        try:
+            params[key] = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise click.BadParameter(
+                f"{key}: {text!r} is not JSON (quote strings: {key}='\"text\"')",
+                param_hint="--param",
+            ) from exc
+    return params
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="batchib")
+def main() -> None:
+    """Run large batches of chat completions against an OpenAI-compatible gateway."""
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Results JSONL (appended to; a rerun skips what already succeeded).",
+)
+@click.option(
+    "--summary",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Summary JSON path [default: OUTPUT.summary.json].",
+)
+@click.option(
+    "--usage-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append the summary as one JSON line to this ledger.",
+)
+@click.option("--overwrite", is_flag=True, help="Start afresh: truncate OUTPUT, send everything.")
+@click.option("--model", help="Model for lines that name none.")
+@click.option("--system", help="System message for lines that have none.")
+@click.option(
+    "--max-tokens", type=click.IntRange(min=1), help="max_tokens for lines without a cap."
+)
+@click.option(
+    "--temperature", type=click.FloatRange(0, 2), help="temperature for lines without one."
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=JSON",
+    help="Any body field for lines without it, e.g. --param seed=7. Repeatable.",
+)
+@click.option(
+    "--base-url",
+    envvar="BATCHIB_BASE_URL",
+    default=DEFAULT_BASE_URL,
+    show_default=True,
+    help="Gateway base URL (env BATCHIB_BASE_URL).",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the API key from this file instead of the environment.",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Requests in flight at most.",
+)
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests per minute.")
+@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens per minute.")
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Attempts per request, the first included.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds per attempt.",
+)
+@click.option(
+    "--grace",
+    "grace_s",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds requests in flight may finish after Ctrl-C.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr [default: when stderr is a terminal].",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No summary table on stderr.")
+def run(
+    inputs: tuple[str, ...],
+    output: Path,
+    summary: Path | None,
+    usage_log: Path | None,
+    overwrite: bool,
+    model: str | None,
+    system: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    params: tuple[str, ...],
+    base_url: str,
+    api_key_file: Path | None,
+    concurrency: int,
+    rpm: float | None,
+    tpm: float | None,
+    max_attempts: int,
+    timeout_s: float,
+    grace_s: float,
+    progress: bool | None,
+    quiet: bool,
+) -> None:
+    """Send every request in the INPUT JSONL files ('-' for stdin); write results to OUTPUT.
+
+    Exit status: 0 all succeeded, 1 aborted, 2 usage error, 3 some failed,
+    130/143 interrupted. Interrupted and aborted runs resume when rerun.
+    """
+    try:
+        key = read_api_key(api_key_file)
+        for name in inputs:
+            if name != "-" and not Path(name).is_file():
+                raise ConfigError(f"input {name} does not exist or is not a file")
+        job = Job(
+            inputs=inputs,
+            output=output,
+            summary=summary,
+            usage_log=usage_log,
+            overwrite=overwrite,
+            defaults=RequestDefaults(
+                model=model,
+                system=system,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                params=parse_params(params),
+            ),
+            settings=RunSettings(
+                api_key=key,
+                base_url=base_url,
+                concurrency=concurrency,
+                requests_per_minute=rpm,
+                tokens_per_minute=tpm,
+                max_attempts=max_attempts,
+                timeout_s=timeout_s,
+                grace_s=grace_s,
+            ),
+        )
+    except ConfigError as exc:
+        _fail(str(exc))
+    show_progress = sys.stderr.isatty() if progress is None else progress
+    try:
+        result = asyncio.run(_run(job, show_progress))
+    except BatchibError as exc:
+        _fail(str(exc))
+    if result.get("stop"):
+        click.echo(f"batchib: {result['stop']['message']}", err=True)
+    if not quiet:
+        from batchib.summary import format_table
+
+        click.echo(format_table(result), err=True)
+    sys.exit(result["exit_status"])
+
+
+async def _run(job: Job, show_progress: bool) -> dict[str, Any]:
+    from batchib.job import run_job
+
+    control = RunControl()
+    with _signals_stop(control), _progress(job, show_progress) as bar:
+        on_progress = bar.update if bar is not None else (lambda stats: None)
+        return await run_job(job, control=control, on_progress=on_progress)
+
+
+@contextlib.contextmanager
+def _signals_stop(control: RunControl) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, control.interrupt)
+    loop.add_signal_handler(signal.SIGTERM, control.interrupt, EXIT_TERMINATED)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _progress(job: Job, show: bool) -> Iterator[Any]:
+    if not show:
+        yield None
+        return
+    from batchib.inputs import count_items
+    from batchib.progress import ProgressBar
+
+    with ProgressBar(count_items(job.inputs)) as bar:
+        yield bar
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port; 0 picks a free one and prints it.",
+)
+@click.option(
+    "--port-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the base URL to this file once listening.",
+)
+@click.option(
+    "--latency-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Mean latency of a completion.",
+)
+@click.option(
+    "--latency-spread",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Latency is uniform in mean*(1±spread).",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="ALIAS=SERVED",
+    help="Serve ALIAS as the model SERVED (repeatable; replaces the defaults).",
+)
+@click.option(
+    "--require-key",
+    envvar="BATCHIB_SIMULATOR_KEY",
+    help="Accept only this bearer key (env BATCHIB_SIMULATOR_KEY) [default: any].",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for latency and text.")
+def simulate(
+    host: str,
+    port: int,
+    port_file: Path | None,
+    latency_ms: float,
+    latency_spread: float,
+    models: tuple[str, ...],
+    require_key: str | None,
+    seed: int,
+) -> None:
+    """Serve an OpenAI-compatible gateway simulator until interrupted."""
+    from batchib.simulator import SimulatorSettings, serve
+    from batchib.simulator.settings import DEFAULT_MODELS
+
+    model_map = dict(DEFAULT_MODELS)
+    if models:
+        model_map = {}
+        for pair in models:
+            alias, _, served = pair.partition("=")
+            model_map[alias] = served or alias
+    try:
+        settings = SimulatorSettings(
+            latency_ms=latency_ms,
+            latency_spread=latency_spread,
+            models=model_map,
+            require_key=require_key,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+    def ready(url: str) -> None:
+        click.echo(f"batchib simulator listening on {url}")
+        sys.stdout.flush()
+        if port_file is not None:
+            temp = port_file.with_name(port_file.name + ".tmp")
+            temp.write_text(url + "\n", encoding="utf-8")
+            temp.replace(port_file)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_until_signal(serve(settings, host, port, ready)))
+
+
+async def _serve_until_signal(server: Any) -> None:
+    task = asyncio.ensure_future(server)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,179 @@
+"""The one place that talks HTTP: send one chat-completion request, classify the answer.
+
+aiohttp's exceptions are translated here and nowhere else. Classification follows the
+official SDK's rule (PROTOCOL.md) with one addition for batches: answers that mean every
+further request would fail the same way (401, 403, out of credit) stop the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from batchib.config import RunSettings
+from batchib.retry import MAX_RETRY_AFTER_S, retry_after_s
+from batchib.version import __version__
+
+USER_AGENT = f"batchib/{__version__}"
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+OUT_OF_CREDIT_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted"})
+MAX_MESSAGE_CHARS = 500
+
+
+class Verdict(enum.Enum):
+    SUCCESS = "success"
+    RETRY = "retry"  # this attempt failed; another may succeed
+    GIVE_UP = "give_up"  # this request will not succeed; others may
+    STOP_RUN = "stop_run"  # no request will succeed: stop dispatching
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The outcome of one attempt."""
+
+    verdict: Verdict
+    status: int | None  # None when no HTTP answer arrived
+    body: dict[str, Any] | None  # the JSON body, success or error, when there was one
+    request_id: str | None
+    code: str | None  # failure code: the gateway's error code or batchib's own
+    message: str | None
+    retry_after_s: float | None
+    latency_ms: float
+
+
+def _error_fields(body: dict[str, Any] | None) -> tuple[str | None, str | None, str | None]:
+    """(code, type, message) of an OpenAI-shaped error body; code may be an int in vLLM."""
+    error = body.get("error") if body else None
+    if not isinstance(error, dict):
+        return None, None, None
+    code, kind, message = error.get("code"), error.get("type"), error.get("message")
+    return (
+        None if code is None else str(code),
+        kind if isinstance(kind, str) else None,
+        message[:MAX_MESSAGE_CHARS] if isinstance(message, str) else None,
+    )
+
+
+def classify(
+    status: int,
+    headers: Mapping[str, str],
+    body: dict[str, Any] | None,
+    raw_text: str,
+    now_s: float,
+) -> tuple[Verdict, str | None, str | None, float | None]:
+    """(verdict, code, message, retry-after seconds) for an HTTP answer."""
+    if 200 <= status < 300:
+        if body is not None and isinstance(body.get("choices"), list):
+            return Verdict.SUCCESS, None, None, None
+        return Verdict.RETRY, "invalid_response", "a 2xx answer without a completion body", None
+    code, kind, message = _error_fields(body)
+    if message is None:
+        message = raw_text[:MAX_MESSAGE_CHARS] or f"HTTP {status}"
+    code = code or kind or f"http_{status}"
+    if status in (401, 403) or (
+        status == 429 and (code in OUT_OF_CREDIT_CODES or kind in OUT_OF_CREDIT_CODES)
+    ):
+        return Verdict.STOP_RUN, code, message, None
+    wait_s = retry_after_s(headers, now_s)
+    if wait_s is not None and wait_s > MAX_RETRY_AFTER_S:
+        return (
+            Verdict.GIVE_UP,
+            code,
+            f"{message} (server asked to retry after {wait_s:.0f} s)",
+            None,
+        )
+    should_retry = headers.get("x-should-retry")
+    if should_retry == "true":
+        return Verdict.RETRY, code, message, wait_s
+    if should_retry == "false":
+        return Verdict.GIVE_UP, code, message, None
+    if status in RETRYABLE_STATUSES or status >= 500:
+        return Verdict.RETRY, code, message, wait_s
+    return Verdict.GIVE_UP, code, message, None
+
+
+def _parse_json(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class GatewayClient:
+    """Sends chat-completion requests over one shared aiohttp session."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self._session = session
+        self._url = url
+
+    async def send(self, body_bytes: bytes) -> Reply:
+        """One attempt. Never raises for network or HTTP failures: they are Replies."""
+        started = time.perf_counter()
+        try:
+            async with self._session.post(self._url, data=body_bytes) as response:
+                raw = await response.read()
+                status, headers = response.status, response.headers
+        except TimeoutError:
+            return self._no_answer(started, "timeout", "no complete answer within the timeout")
+        except aiohttp.ClientError as exc:
+            # The exception text names the host and the failure, never headers.
+            return self._no_answer(started, "connection_error", f"{type(exc).__name__}: {exc}")
+        latency_ms = (time.perf_counter() - started) * 1000
+        body = _parse_json(raw)
+        text = "" if body is not None else raw[:MAX_MESSAGE_CHARS].decode("utf-8", "replace")
+        verdict, code, message, wait_s = classify(status, headers, body, text, time.time())
+        return Reply(
+            verdict=verdict,
+            status=status,
+            body=body,
+            request_id=headers.get("x-request-id"),
+            code=code,
+            message=message,
+            retry_after_s=wait_s,
+            latency_ms=latency_ms,
+        )
+
+    @staticmethod
+    def _no_answer(started: float, code: str, message: str) -> Reply:
+        return Reply(
+            verdict=Verdict.RETRY,
+            status=None,
+            body=None,
+            request_id=None,
+            code=code,
+            message=message[:MAX_MESSAGE_CHARS],
+            retry_after_s=None,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+
+
+@asynccontextmanager
+async def open_client(settings: RunSettings) -> AsyncIterator[GatewayClient]:
+    """A client with one session whose connection pool fits the concurrency."""
+    connector = aiohttp.TCPConnector(
+        limit=settings.concurrency, limit_per_host=0, ttl_dns_cache=300
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=settings.timeout_s, sock_connect=settings.connect_timeout_s
+    )
+    headers = {
+        "Authorization": f"Bearer {settings.api_key.reveal()}",
+        "User-Agent": USER_AGENT,
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, headers=headers, raise_for_status=False
+    ) as session:
+        yield GatewayClient(session, settings.completions_url)
+    # Let the connector close its transports before the loop goes away.
+    await asyncio.sleep(0)

@@ -1,0 +1,135 @@
+"""Frozen settings for a run, validated once on construction."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from batchib.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.getinfinityblue.com/v1"
+
+
+class ApiKey:
+    """An API key that never shows itself in a repr, a str or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        value = value.strip()
+        if not value:
+            raise ConfigError("the API key is empty")
+        if any(ch.isspace() for ch in value):
+            raise ConfigError("the API key contains whitespace")
+        self._value = value
+
+    def reveal(self) -> str:
+        """The key itself: call only where it is put into the Authorization header."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "ApiKey('***')"
+
+    __str__ = __repr__
+
+
+def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class RequestDefaults:
+    """Body fields that fill what an input line leaves out (the line always wins)."""
+
+    model: str | None = None
+    system: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.model is not None and not self.model.strip():
+            raise ConfigError("--model must not be empty")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError("--max-tokens must be at least 1")
+        if self.temperature is not None and not 0 <= self.temperature <= 2:
+            raise ConfigError("--temperature must be between 0 and 2")
+        if self.params.get("stream"):
+            raise ConfigError("--param stream=true is not supported: batchib does not stream")
+        object.__setattr__(self, "params", _frozen(self.params))
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run talks to the gateway: where, how fast, how persistently."""
+
+    api_key: ApiKey
+    base_url: str = DEFAULT_BASE_URL
+    concurrency: int = 16
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_attempts: int = 5
+    timeout_s: float = 600.0
+    connect_timeout_s: float = 30.0
+    # How long requests in flight may finish after Ctrl-C before they are cancelled.
+    grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--base-url must be an http(s) URL, got {self.base_url!r}")
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if self.concurrency < 1:
+            raise ConfigError("--concurrency must be at least 1")
+        if self.max_attempts < 1:
+            raise ConfigError("--max-attempts must be at least 1")
+        for name, value in (
+            ("--rpm", self.requests_per_minute),
+            ("--tpm", self.tokens_per_minute),
+        ):
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a positive number")
+        for name, seconds in (
+            ("--timeout", self.timeout_s),
+            ("connect timeout", self.connect_timeout_s),
+        ):
+            if not (seconds > 0 and math.isfinite(seconds)):
+                raise ConfigError(f"{name} must be a positive number of seconds")
+        if self.grace_s < 0:
+            raise ConfigError("the grace period must not be negative")
+
+    @property
+    def completions_url(self) -> str:
+        return f"{self.base_url}/chat/completions"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A whole `batchib run`: what to read, where to write, how to send."""
+
+    inputs: tuple[str, ...]
+    output: Path
+    settings: RunSettings
+    defaults: RequestDefaults = field(default_factory=RequestDefaults)
+    summary: Path | None = None  # default: OUTPUT + ".summary.json"
+    usage_log: Path | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ConfigError("no input files")
+        if self.inputs.count("-") > 1:
+            raise ConfigError("stdin ('-') can be read only once")
+        output = self.output.resolve()
+        for name in self.inputs:
+            if name != "-" and Path(name).resolve() == output:
+                raise ConfigError(f"the output {self.output} is also an input")
+
+    @property
+    def summary_path(self) -> Path:
+        return self.summary or self.output.with_name(self.output.name + ".summary.json")

@@ -1,0 +1,75 @@
+"""Stopping a run from outside (signals) or inside (a fatal answer from the gateway).
+
+A stop is a decision, not an exception: the pipeline stops admitting work, lets what is
+in flight finish (for an interrupt, up to a grace period), writes what finished, and
+reports why it stopped. Whatever was not sent is left for a rerun.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_ABORTED = 1
+EXIT_USAGE = 2
+EXIT_SOME_FAILED = 3
+EXIT_BUDGET = 4
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why a run stopped early."""
+
+    code: str  # e.g. "invalid_api_key", "interrupted"
+    message: str
+    exit_status: int
+    # An interrupt gives requests in flight a grace period and then cancels them; a
+    # fatal answer lets them finish (they are already paid for).
+    cancels_in_flight: bool
+
+
+class RunControl:
+    """Shared by the pipeline and whoever may stop it. The first stop wins; asking
+    again to stop an interrupted run cancels what is in flight at once."""
+
+    def __init__(self) -> None:
+        self.stop: Stop | None = None
+        self._stopped = asyncio.Event()
+        self._hurry = asyncio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop is not None
+
+    def request_stop(self, stop: Stop) -> None:
+        if self.stop is None:
+            self.stop = stop
+            self._stopped.set()
+        elif stop.cancels_in_flight:
+            self._hurry.set()
+
+    def interrupt(self, exit_status: int = EXIT_INTERRUPTED) -> None:
+        """What a SIGINT (130) or SIGTERM (143) handler calls."""
+        name = "SIGTERM" if exit_status == EXIT_TERMINATED else "SIGINT"
+        self.request_stop(
+            Stop(
+                code="interrupted",
+                message=f"interrupted by {name}: requests not sent are left for a rerun",
+                exit_status=exit_status,
+                cancels_in_flight=True,
+            )
+        )
+
+    async def wait_stopped(self) -> Stop:
+        await self._stopped.wait()
+        assert self.stop is not None
+        return self.stop
+
+    async def wait_hurry(self, timeout_s: float) -> None:
+        """Return after timeout_s, or sooner if asked to stop a second time."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hurry.wait(), timeout=timeout_s)

@@ -1,0 +1,304 @@
+"""Reading JSONL input: recognising the three line formats, merging defaults, and
+turning every bad line into an :class:`InvalidLine` with its file and line number.
+
+Formats (one JSON object per line, blank lines ignored):
+
+1. OpenAI Batch API line: ``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body"}``
+2. a bare chat body: ``{"model"?, "messages": [...], ...}`` with optional ``custom_id``/``id``
+   and ``metadata``
+3. shorthand: ``{"id"?, "prompt": "...", "system"?, "model"?, ...body fields, "metadata"?}``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import orjson
+
+from batchib.config import RequestDefaults
+from batchib.idstore import IdStore
+from batchib.tokens import estimate_request_tokens
+
+STDIN = "-"
+CHAT_URLS = frozenset({"/v1/chat/completions", "/chat/completions"})
+ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
+BATCH_KEYS = frozenset({"custom_id", "method", "url", "body", "metadata"})
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One valid request, ready to send."""
+
+    custom_id: str
+    body: dict[str, Any]
+    # The body serialised once with sorted keys: sent as is and hashed as is.
+    body_bytes: bytes
+    body_hash: str
+    file: str
+    line: int
+    metadata: Any
+    token_estimate: int
+
+    @property
+    def model(self) -> str:
+        return str(self.body["model"])
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidLine:
+    """A line that cannot become a request, and why."""
+
+    custom_id: str
+    file: str
+    line: int
+    code: str
+    message: str
+
+
+class LineError(Exception):
+    """Raised inside this module while recognising a line; never escapes it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def hash_body(body_bytes: bytes) -> str:
+    return hashlib.sha256(body_bytes).hexdigest()
+
+
+def positional_id(file: str, line: int) -> str:
+    """The id of a line that names none: stable across reruns of the same file."""
+    name = "stdin" if file == STDIN else os.path.basename(file)
+    return f"{name}:{line}"
+
+
+def parse_line(
+    raw: bytes, file: str, line: int, defaults: RequestDefaults
+) -> Request | InvalidLine:
+    """Turn one non-blank input line into a Request, or an InvalidLine saying why not."""
+    custom_id = positional_id(file, line)
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return InvalidLine(custom_id, file, line, "invalid_json", f"not valid JSON: {exc}")
+    if not isinstance(obj, dict):
+        kind = type(obj).__name__ if obj is not None else "null"
+        return InvalidLine(
+            custom_id, file, line, "not_an_object", f"expected a JSON object, got {kind}"
+        )
+    try:
+        line_id, body, metadata = _recognise(obj)
+        if line_id is not None:
+            custom_id = line_id
+        _apply_defaults(body, defaults)
+        _validate_body(body)
+        body_bytes = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except LineError as exc:
+        return InvalidLine(custom_id, file, line, exc.code, exc.message)
+    except orjson.JSONEncodeError as exc:
+        return InvalidLine(custom_id, file, line, "invalid_body", f"body cannot be encoded: {exc}")
+    return Request(
+        custom_id=custom_id,
+        body=body,
+        body_bytes=body_bytes,
+        body_hash=hash_body(body_bytes),
+        file=file,
+        line=line,
+        metadata=metadata,
+        token_estimate=estimate_request_tokens(body),
+    )
+
+
+def _line_id(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise LineError("invalid_id", f"`{field}` must be a string or an integer")
+    text = str(value)
+    if not text.strip():
+        raise LineError("invalid_id", f"`{field}` must not be empty")
+    return text
+
+
+def _recognise(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any], Any]:
+    """Return (custom_id or None, a fresh body dict, metadata) for any of the formats."""
+    if "body" in obj or "url" in obj or "method" in obj:
+        return _recognise_batch_line(obj)
+    if "messages" in obj and "prompt" in obj:
+        raise LineError("ambiguous_line", "a line has both `messages` and `prompt`; keep one")
+    if "messages" not in obj and "prompt" not in obj:
+        raise LineError(
+            "unknown_shape",
+            "a line needs `messages` (chat body), `prompt` (shorthand) "
+            "or `body` (OpenAI batch line)",
+        )
+    body = dict(obj)
+    if "custom_id" in body and "id" in body:
+        raise LineError("ambiguous_id", "a line has both `custom_id` and `id`; keep one")
+    line_id = _line_id(body.pop("custom_id", None), "custom_id") or _line_id(
+        body.pop("id", None), "id"
+    )
+    metadata = body.pop("metadata", None)
+    if "prompt" in body:
+        prompt = body.pop("prompt")
+        system = body.pop("system", None)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise LineError("invalid_prompt", "`prompt` must be a non-empty string")
+        if system is not None and not isinstance(system, str):
+            raise LineError("invalid_system", "`system` must be a string")
+        messages = [{"role": "user", "content": prompt}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        body["messages"] = messages
+    return line_id, body, metadata
+
+
+def _recognise_batch_line(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any], Any]:
+    unexpected = sorted(set(obj) - BATCH_KEYS)
+    if unexpected:
+        raise LineError(
+            "unknown_shape",
+            f"an OpenAI batch line has unexpected fields: {', '.join(unexpected)}",
+        )
+    method = obj.get("method", "POST")
+    if method != "POST":
+        raise LineError("unsupported_method", f"method must be POST, got {method!r}")
+    url = obj.get("url", "/v1/chat/completions")
+    if url not in CHAT_URLS:
+        raise LineError(
+            "unsupported_url", f"url must be /v1/chat/completions, got {str(url)[:200]!r}"
+        )
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        raise LineError("invalid_body", "`body` must be a JSON object")
+    return _line_id(obj.get("custom_id"), "custom_id"), dict(body), obj.get("metadata")
+
+
+def _apply_defaults(body: dict[str, Any], defaults: RequestDefaults) -> None:
+    for key, value in defaults.params.items():
+        body.setdefault(key, value)
+    if defaults.model is not None:
+        body.setdefault("model", defaults.model)
+    if (
+        defaults.max_tokens is not None
+        and "max_tokens" not in body
+        and "max_completion_tokens" not in body
+    ):
+        body["max_tokens"] = defaults.max_tokens
+    if defaults.temperature is not None:
+        body.setdefault("temperature", defaults.temperature)
+    messages = body.get("messages")
+    if defaults.system and isinstance(messages, list):
+        has_instructions = any(
+            isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages
+        )
+        if not has_instructions:
+            body["messages"] = [{"role": "system", "content": defaults.system}, *messages]
+
+
+def _positive_int(body: dict[str, Any], key: str, upper: int | None = None) -> None:
+    if key not in body:
+        return
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LineError("invalid_body", f"`{key}` must be a positive integer")
+    if upper is not None and value > upper:
+        raise LineError("invalid_body", f"`{key}` must be at most {upper}")
+
+
+def _validate_body(body: dict[str, Any]) -> None:
+    model = body.get("model")
+    if model is None:
+        raise LineError("missing_model", "no model: set `model` on the line or pass --model")
+    if not isinstance(model, str) or not model.strip():
+        raise LineError("invalid_model", "`model` must be a non-empty string")
+    if body.get("stream"):
+        raise LineError(
+            "stream_not_supported", "`stream: true` is not supported in a batch; remove it"
+        )
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise LineError("invalid_messages", "`messages` must be a list")
+    if not messages:
+        raise LineError("empty_messages", "`messages` is empty")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise LineError("invalid_message", f"messages[{index}] must be an object")
+        role = message.get("role")
+        if role not in ROLES:
+            raise LineError(
+                "invalid_message",
+                f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}",
+            )
+        content = message.get("content")
+        if role == "assistant":
+            if content is not None and not isinstance(content, str | list):
+                raise LineError(
+                    "invalid_message", f"messages[{index}].content must be text or parts"
+                )
+        elif not isinstance(content, str | list):
+            raise LineError("invalid_message", f"messages[{index}].content is missing")
+        if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+            raise LineError("invalid_message", f"messages[{index}] (tool) needs `tool_call_id`")
+    _positive_int(body, "n", upper=128)
+    _positive_int(body, "max_tokens")
+    _positive_int(body, "max_completion_tokens")
+
+
+def _open(path: str) -> BinaryIO:
+    if path == STDIN:
+        return sys.stdin.buffer
+    return open(path, "rb")
+
+
+def read_lines(paths: Iterable[str]) -> Iterator[tuple[str, int, bytes]]:
+    """Yield (file, line number, raw bytes) for every non-blank line, streaming."""
+    for path in paths:
+        stream = _open(path)
+        try:
+            for number, raw in enumerate(stream, start=1):
+                if number == 1 and raw.startswith(UTF8_BOM):
+                    raw = raw[len(UTF8_BOM) :]
+                if raw.strip():
+                    yield path, number, raw
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+
+
+def read_requests(
+    paths: Iterable[str], defaults: RequestDefaults, ids: IdStore
+) -> Iterator[Request | InvalidLine]:
+    """Every line of every input as a Request or an InvalidLine, in input order.
+
+    A custom_id used a second time anywhere in the inputs makes that line invalid.
+    """
+    for file, number, raw in read_lines(paths):
+        item = parse_line(raw, file, number, defaults)
+        first = ids.first_use(item.custom_id, file, number)
+        if first is not None and isinstance(item, Request):
+            yield InvalidLine(
+                item.custom_id,
+                file,
+                number,
+                "duplicate_custom_id",
+                f"custom_id {item.custom_id!r} was already used at {first.file}:{first.line}",
+            )
+            continue
+        yield item
+
+
+def count_items(paths: Iterable[str]) -> int | None:
+    """Number of non-blank lines in the inputs (a progress total), or None for stdin."""
+    paths = list(paths)
+    if STDIN in paths:
+        return None
+    return sum(1 for _ in read_lines(paths))

@@ -1,0 +1,108 @@
+"""A whole job, as `batchib run` does it: resume state from the results file, the
+inputs read as requests, the pipeline, and the summary written beside the results."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from batchib.config import Job
+from batchib.control import RunControl
+from batchib.idstore import IdStore
+from batchib.inputs import Request, read_requests
+from batchib.results import ResultsFile, ResumeState, load_done
+from batchib.runner import RunOutcome, run_batch
+from batchib.summary import append_ledger, utc_now, write_summary
+from batchib.usage import RunStats, summarise
+from batchib.version import __version__
+
+
+def _public_url(url: str) -> str:
+    """The URL without any user:password part."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _status(outcome: RunOutcome) -> str:
+    if outcome.stop is not None:
+        return "interrupted" if outcome.stop.code == "interrupted" else "stopped"
+    return "completed" if outcome.exit_status == 0 else "completed_with_failures"
+
+
+def build_summary(
+    job: Job, outcome: RunOutcome, resume: ResumeState, started_at: str
+) -> dict[str, Any]:
+    settings = job.settings
+    stop = outcome.stop
+    return {
+        "batchib_version": __version__,
+        "status": _status(outcome),
+        "exit_status": outcome.exit_status,
+        "stop": None if stop is None else {"code": stop.code, "message": stop.message},
+        "started_at": started_at,
+        "finished_at": utc_now(),
+        "inputs": list(job.inputs),
+        "output": str(job.output),
+        "summary": str(job.summary_path),
+        "base_url": _public_url(settings.base_url),
+        "settings": {
+            "concurrency": settings.concurrency,
+            "requests_per_minute": settings.requests_per_minute,
+            "tokens_per_minute": settings.tokens_per_minute,
+            "max_attempts": settings.max_attempts,
+            "timeout_s": settings.timeout_s,
+        },
+        "resume": {
+            "previously_done": resume.done,
+            "unreadable_lines": resume.unreadable_lines,
+        },
+        **summarise(outcome.stats, outcome.wall_time_s),
+    }
+
+
+async def run_job(
+    job: Job,
+    *,
+    control: RunControl | None = None,
+    on_progress: Callable[[RunStats], None] = lambda stats: None,
+) -> dict[str, Any]:
+    """Run `job` to the end (or to a stop) and return the summary it wrote."""
+    started_at = utc_now()
+    ids = IdStore()
+    try:
+        # Reading the previous results happens before any request; it is local I/O.
+        resume = ResumeState(0, 0) if job.overwrite else load_done(job.output, ids)
+        results = ResultsFile(
+            job.output, overwrite=job.overwrite, secret=job.settings.api_key.reveal()
+        )
+        try:
+            outcome = await run_batch(
+                read_requests(job.inputs, job.defaults, ids),
+                job.settings,
+                results,
+                is_done=lambda request: _is_done(ids, request),
+                control=control,
+                on_progress=on_progress,
+            )
+        finally:
+            results.close()
+    finally:
+        ids.close()
+    summary = build_summary(job, outcome, resume, started_at)
+    write_summary(job.summary_path, summary)
+    if job.usage_log is not None:
+        append_ledger(job.usage_log, summary)
+    return summary
+
+
+def _is_done(ids: IdStore, request: Request) -> bool:
+    return ids.is_done(request.custom_id, request.body_hash)
+
+
+def run_job_sync(job: Job) -> dict[str, Any]:
+    """:func:`run_job` for callers without an event loop."""
+    return asyncio.run(run_job(job))

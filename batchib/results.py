@@ -1,0 +1,174 @@
+"""The results file: the records written to it, appending them, and reading it back
+to learn which requests are already done (resume).
+
+Each line is an OpenAI Batch API output object, so existing tooling reads it; batchib's
+own fields live under the single key ``"batchib"``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchib.client import Reply, Verdict
+from batchib.errors import OutputError
+from batchib.idstore import IdStore
+from batchib.inputs import InvalidLine, Request
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+INVALID = "invalid"
+REDACTED = b"[REDACTED]"
+MIN_REDACTED_LEN = 8
+
+
+def _record_id() -> str:
+    return f"batch_req_{os.urandom(12).hex()}"
+
+
+def request_record(
+    request: Request, reply: Reply, attempts: int, elapsed_ms: float
+) -> dict[str, Any]:
+    """The output line for a request that was sent: its final attempt decides."""
+    succeeded = reply.verdict is Verdict.SUCCESS
+    response: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    if reply.status is not None and reply.body is not None:
+        response = {
+            "status_code": reply.status,
+            "request_id": reply.request_id or "",
+            "body": reply.body,
+        }
+    else:
+        # No usable HTTP answer: no connection, a timeout, or a body that is not JSON.
+        error = {"code": reply.code or "unknown", "message": reply.message or ""}
+        if reply.status is not None:
+            error["message"] = f"HTTP {reply.status}: {error['message']}"
+    served = reply.body.get("model") if succeeded and reply.body else None
+    return {
+        "id": _record_id(),
+        "custom_id": request.custom_id,
+        "response": response,
+        "error": error,
+        "batchib": {
+            "status": SUCCEEDED if succeeded else FAILED,
+            "error_code": None if succeeded else reply.code,
+            "attempts": attempts,
+            "latency_ms": round(reply.latency_ms, 3),
+            "elapsed_ms": round(elapsed_ms, 3),
+            "requested_model": request.model,
+            "served_model": served if isinstance(served, str) else None,
+            "body_hash": request.body_hash,
+            "file": request.file,
+            "line": request.line,
+            "metadata": request.metadata,
+        },
+    }
+
+
+def invalid_record(line: InvalidLine) -> dict[str, Any]:
+    """The output line for an input line that could not become a request."""
+    return {
+        "id": _record_id(),
+        "custom_id": line.custom_id,
+        "response": None,
+        "error": {"code": line.code, "message": f"{line.file}:{line.line}: {line.message}"},
+        "batchib": {
+            "status": INVALID,
+            "error_code": line.code,
+            "attempts": 0,
+            "file": line.file,
+            "line": line.line,
+        },
+    }
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    done: int  # distinct (custom_id, body hash) pairs with a successful result
+    unreadable_lines: int  # lines that are not a result (e.g. torn by a crash)
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any] | None]:
+    """Every line of a results file, parsed; None for a line that is not a record."""
+    with open(path, "rb") as stream:
+        for raw in stream:
+            if not raw.strip():
+                continue
+            try:
+                record = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                yield None
+                continue
+            yield record if isinstance(record, dict) else None
+
+
+def load_done(path: Path, ids: IdStore) -> ResumeState:
+    """Record in `ids` every request that already has a successful result in `path`."""
+    unreadable = 0
+    if not path.exists():
+        return ResumeState(0, 0)
+    for record in read_records(path):
+        own = record.get("batchib") if record else None
+        if not isinstance(own, dict):
+            unreadable += 1
+            continue
+        if own.get("status") == SUCCEEDED and isinstance(record, dict):
+            custom_id, body_hash = record.get("custom_id"), own.get("body_hash")
+            if isinstance(custom_id, str) and isinstance(body_hash, str):
+                ids.mark_done(custom_id, body_hash)
+    return ResumeState(ids.done_count(), unreadable)
+
+
+class ResultsFile:
+    """Append-only writer: one `write` system call per record, so a crash can tear at
+    most the last line, and nothing sits in a user-space buffer."""
+
+    def __init__(self, path: Path, *, overwrite: bool = False, secret: str | None = None) -> None:
+        self.path = path
+        # Last line of defence: a gateway that echoes the key in an error message must
+        # not put it into the file. Very short keys would match ordinary text.
+        self._secret = secret.encode() if secret and len(secret) >= MIN_REDACTED_LEN else None
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if overwrite else 0)
+        try:
+            self._fd = os.open(path, flags, 0o666)
+            # A previous run killed mid-line left no newline: start on a fresh line so
+            # the torn record stays one unreadable line instead of spoiling ours.
+            size = os.fstat(self._fd).st_size
+            if size and _last_byte(path) != b"\n":
+                self._write_all(b"\n")
+        except OSError as exc:
+            raise OutputError(f"cannot open {path} for writing: {exc.strerror}") from exc
+
+    def write(self, record: dict[str, Any]) -> None:
+        data = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        if self._secret is not None and self._secret in data:
+            data = data.replace(self._secret, REDACTED)
+        self._write_all(data)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise OutputError(f"cannot flush {self.path}: {exc.strerror}") from exc
+        finally:
+            os.close(self._fd)
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as stream:
+        stream.seek(-1, os.SEEK_END)
+        return stream.read(1)

@@ -1,0 +1,236 @@
+"""The pipeline: reader → bounded queue → N workers → results file.
+
+Memory follows the concurrency, never the input: the reader runs a batch of lines at a
+time in a thread and blocks on the bounded queue; each worker holds one request; results
+are written the moment they are known. The policy that admits a request (rate limits)
+and the one that judges an answer (the client's verdict) live elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from batchib.client import GatewayClient, Reply, Verdict, open_client
+from batchib.config import RunSettings
+from batchib.control import (
+    EXIT_ABORTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    RunControl,
+    Stop,
+)
+from batchib.errors import BatchibError, InputError
+from batchib.inputs import InvalidLine, Request
+from batchib.limits import RateLimits
+from batchib.results import invalid_record, request_record
+from batchib.retry import backoff_s
+from batchib.usage import RunStats
+
+READ_BATCH = 256  # lines parsed per trip to the reader thread
+
+Item = Request | InvalidLine
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class RecordSink(Protocol):
+    def write(self, record: dict[str, object]) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    stats: RunStats
+    stop: Stop | None
+    wall_time_s: float
+
+    @property
+    def exit_status(self) -> int:
+        if self.stop is not None:
+            return self.stop.exit_status
+        if self.stats.failed or self.stats.invalid:
+            return EXIT_SOME_FAILED
+        return EXIT_OK
+
+
+def _fatal_stop(reply: Reply) -> Stop:
+    reason = {
+        401: "the gateway rejected the API key",
+        403: "the API key is not allowed to do this",
+    }.get(reply.status or 0, "the account is out of credit")
+    return Stop(
+        code=reply.code or f"http_{reply.status}",
+        message=(
+            f"{reason} (HTTP {reply.status} {reply.code}): {reply.message}; "
+            "stopped sending, the rest is left for a rerun"
+        ),
+        exit_status=EXIT_ABORTED,
+        cancels_in_flight=False,
+    )
+
+
+def _take(
+    items: Iterator[Item], count: int, is_done: Callable[[Request], bool]
+) -> list[tuple[Item, bool]]:
+    """Up to `count` items with their already-done flag (runs in the reader thread)."""
+    return [
+        (item, isinstance(item, Request) and is_done(item))
+        for item in itertools.islice(items, count)
+    ]
+
+
+class _Pipeline:
+    def __init__(
+        self,
+        settings: RunSettings,
+        client: GatewayClient,
+        sink: RecordSink,
+        control: RunControl,
+        is_done: Callable[[Request], bool],
+        on_progress: Callable[[RunStats], None],
+        sleep: Sleep,
+        rng: random.Random,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.sink = sink
+        self.control = control
+        self.is_done = is_done
+        self.on_progress = on_progress
+        self.sleep = sleep
+        self.rng = rng
+        self.limits = RateLimits(settings.requests_per_minute, settings.tokens_per_minute)
+        self.stats = RunStats()
+
+    async def run(self, items: Iterable[Item]) -> None:
+        queue: asyncio.Queue[Request | None] = asyncio.Queue(self.settings.concurrency * 2)
+        async with asyncio.TaskGroup() as group:
+            producer = group.create_task(self.produce(iter(items), queue))
+            workers = [
+                group.create_task(self.work(queue)) for _ in range(self.settings.concurrency)
+            ]
+            enforcer = group.create_task(self.enforce_grace([producer, *workers]))
+            await asyncio.wait([producer, *workers])
+            enforcer.cancel()
+
+    async def produce(self, items: Iterator[Item], queue: asyncio.Queue[Request | None]) -> None:
+        while not self.control.stopping:
+            try:
+                batch = await asyncio.to_thread(_take, items, READ_BATCH, self.is_done)
+            except OSError as exc:
+                raise InputError(f"cannot read the input: {exc}") from exc
+            if not batch:
+                break
+            for item, done in batch:
+                if self.control.stopping:
+                    break
+                self.stats.read += 1
+                if isinstance(item, InvalidLine):
+                    self.sink.write(invalid_record(item))
+                    self.stats.add_invalid(item.code)
+                    self.on_progress(self.stats)
+                elif done:
+                    self.stats.skipped += 1
+                    self.on_progress(self.stats)
+                else:
+                    await queue.put(item)
+                    self.stats.queued += 1
+        # Workers keep draining the queue (sending nothing once stopping), so these fit.
+        for _ in range(self.settings.concurrency):
+            await queue.put(None)
+
+    async def work(self, queue: asyncio.Queue[Request | None]) -> None:
+        while (request := await queue.get()) is not None:
+            if self.control.stopping:
+                continue  # not sent: counted as queued but unfinished
+            record = await self.send(request)
+            self.sink.write(record)
+            self.on_progress(self.stats)
+
+    async def send(self, request: Request) -> dict[str, object]:
+        """Every attempt of one request; the last one decides its record."""
+        started = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            await self.limits.acquire(request.token_estimate)
+            reply = await self.client.send(request.body_bytes)
+            self.stats.attempts += 1
+            if reply.status == 429:
+                self.stats.rate_limited += 1
+            if reply.verdict is Verdict.SUCCESS:
+                assert reply.body is not None
+                self.stats.add_success(request.model, reply.body)
+                self.stats.latency.add(reply.latency_ms)
+                break
+            if reply.verdict is Verdict.STOP_RUN:
+                self.control.request_stop(_fatal_stop(reply))
+            if (
+                reply.verdict is not Verdict.RETRY
+                or attempt >= self.settings.max_attempts
+                or self.control.stopping
+            ):
+                self.stats.add_failure(reply.code)
+                break
+            self.stats.retries += 1
+            wait_s = reply.retry_after_s
+            await self.sleep(backoff_s(attempt, self.rng) if wait_s is None else wait_s)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        return request_record(request, reply, attempt, elapsed_ms)
+
+    async def enforce_grace(self, tasks: list[asyncio.Task[None]]) -> None:
+        """After an interrupt, give requests in flight the grace period, then cancel."""
+        stop = await self.control.wait_stopped()
+        if stop.cancels_in_flight:
+            await self.control.wait_hurry(self.settings.grace_s)
+            for task in tasks:
+                task.cancel()
+
+
+async def run_batch(
+    items: Iterable[Item],
+    settings: RunSettings,
+    sink: RecordSink,
+    *,
+    is_done: Callable[[Request], bool] = lambda request: False,
+    control: RunControl | None = None,
+    on_progress: Callable[[RunStats], None] = lambda stats: None,
+    sleep: Sleep = asyncio.sleep,
+    rng: random.Random | None = None,
+) -> RunOutcome:
+    """Send every request in `items`, writing one record per item to `sink`.
+
+    `items` is any iterable of parsed lines (see :func:`batchib.inputs.read_requests`);
+    it is consumed lazily. Requests for which `is_done` is true are skipped. `sleep`
+    and `rng` are injectable so that retry timing can be tested without waiting.
+    """
+    control = control or RunControl()
+    started = time.perf_counter()
+    async with open_client(settings) as client:
+        pipeline = _Pipeline(
+            settings,
+            client,
+            sink,
+            control,
+            is_done,
+            on_progress,
+            sleep,
+            rng or random.Random(),
+        )
+        try:
+            await pipeline.run(items)
+        except BaseExceptionGroup as group:
+            # One of our own errors (unreadable input, unwritable output) ends the run;
+            # anything else is a bug and keeps its traceback.
+            mine = group.subgroup(BatchibError)
+            if mine is not None and mine.exceptions:
+                first = mine.exceptions[0]
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                raise first from group
+            raise
+    return RunOutcome(pipeline.stats, control.stop, time.perf_counter() - started)

@@ -1,0 +1,168 @@
+"""Aggregation of a run: counts, token usage by model, finish reasons, latency.
+
+Memory is fixed: latencies go into a log-bucketed histogram (1% resolution), never a
+list, so a run of ten million requests costs the same as a run of ten.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+LATENCY_RESOLUTION = 1.01  # each histogram bucket spans 1%
+_LOG_RESOLUTION = math.log(LATENCY_RESOLUTION)
+
+
+@dataclass
+class TokenUsage:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def add(self, usage: dict[str, Any]) -> None:
+        self.requests += 1
+        self.prompt_tokens += _int(usage.get("prompt_tokens"))
+        self.completion_tokens += _int(usage.get("completion_tokens"))
+        self.total_tokens += _int(usage.get("total_tokens"))
+        self.cached_tokens += _int(_detail(usage, "prompt_tokens_details", "cached_tokens"))
+        self.reasoning_tokens += _int(
+            _detail(usage, "completion_tokens_details", "reasoning_tokens")
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _detail(usage: dict[str, Any], group: str, key: str) -> Any:
+    details = usage.get(group)
+    return details.get(key) if isinstance(details, dict) else None
+
+
+@dataclass
+class LatencyHistogram:
+    buckets: Counter[int] = field(default_factory=Counter)
+    count: int = 0
+    max_ms: float = 0.0
+
+    def add(self, latency_ms: float) -> None:
+        self.buckets[math.floor(math.log(max(latency_ms, 0.001)) / _LOG_RESOLUTION)] += 1
+        self.count += 1
+        self.max_ms = max(self.max_ms, latency_ms)
+
+    def percentile(self, fraction: float) -> float | None:
+        """Upper edge of the bucket holding the given fraction (within 1% of the truth)."""
+        if not self.count:
+            return None
+        rank = max(1, math.ceil(fraction * self.count))
+        seen = 0
+        for bucket in sorted(self.buckets):
+            seen += self.buckets[bucket]
+            if seen >= rank:
+                return min(LATENCY_RESOLUTION ** (bucket + 1), self.max_ms)
+        return self.max_ms
+
+    def as_dict(self) -> dict[str, float | None]:
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 1)
+
+        return {
+            "p50": rounded(self.percentile(0.50)),
+            "p90": rounded(self.percentile(0.90)),
+            "p99": rounded(self.percentile(0.99)),
+            "max": rounded(self.max_ms if self.count else None),
+        }
+
+
+@dataclass
+class RunStats:
+    """Everything counted while a run goes; the summary is made from it."""
+
+    read: int = 0  # non-blank input lines
+    invalid: int = 0
+    skipped: int = 0  # already done in a previous run
+    queued: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    attempts: int = 0
+    retries: int = 0
+    rate_limited: int = 0  # 429 answers, any attempt
+    failures_by_code: Counter[str] = field(default_factory=Counter)
+    finish_reasons: Counter[str] = field(default_factory=Counter)
+    total: TokenUsage = field(default_factory=TokenUsage)
+    by_requested_model: dict[str, TokenUsage] = field(default_factory=dict)
+    by_served_model: dict[str, TokenUsage] = field(default_factory=dict)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def not_sent(self) -> int:
+        """Requests taken from the input that got no result (stopped or interrupted)."""
+        return self.queued - self.finished
+
+    def add_success(self, requested_model: str, body: dict[str, Any]) -> None:
+        self.succeeded += 1
+        usage = body.get("usage")
+        if isinstance(usage, dict):
+            served = body.get("model")
+            served_model = served if isinstance(served, str) else "(unknown)"
+            self.total.add(usage)
+            self.by_requested_model.setdefault(requested_model, TokenUsage()).add(usage)
+            self.by_served_model.setdefault(served_model, TokenUsage()).add(usage)
+        for choice in body.get("choices") or ():
+            if isinstance(choice, dict):
+                self.finish_reasons[str(choice.get("finish_reason"))] += 1
+
+    def add_failure(self, code: str | None) -> None:
+        self.failed += 1
+        self.failures_by_code[code or "unknown"] += 1
+
+    def add_invalid(self, code: str) -> None:
+        self.invalid += 1
+        self.failures_by_code[code] += 1
+
+
+def summarise(stats: RunStats, wall_time_s: float) -> dict[str, Any]:
+    """The summary's figures (the caller adds who, where, when and the exit status)."""
+    per_s = stats.finished / wall_time_s if wall_time_s > 0 else 0.0
+    tokens_per_s = stats.total.total_tokens / wall_time_s if wall_time_s > 0 else 0.0
+    return {
+        "counts": {
+            "lines": stats.read,
+            "invalid_lines": stats.invalid,
+            "skipped_already_done": stats.skipped,
+            "sent": stats.finished,
+            "succeeded": stats.succeeded,
+            "failed": stats.failed,
+            "not_sent": stats.not_sent,
+        },
+        "attempts": stats.attempts,
+        "retries": stats.retries,
+        "rate_limited_429": stats.rate_limited,
+        "failures_by_code": dict(stats.failures_by_code.most_common()),
+        "usage": {
+            "total": stats.total.as_dict(),
+            "by_requested_model": {
+                k: v.as_dict() for k, v in sorted(stats.by_requested_model.items())
+            },
+            "by_served_model": {k: v.as_dict() for k, v in sorted(stats.by_served_model.items())},
+        },
+        "finish_reasons": dict(stats.finish_reasons.most_common()),
+        "latency_ms": stats.latency.as_dict(),
+        "throughput": {
+            "requests_per_s": round(per_s, 2),
+            "tokens_per_s": round(tokens_per_s, 1),
+        },
+        "wall_time_s": round(wall_time_s, 3),
+    }
