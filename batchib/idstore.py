@@ -28,7 +28,7 @@ class IdStore:
             """
             PRAGMA journal_mode = OFF;
             PRAGMA synchronous = OFF;
-            PRAGMA cache_size = -8192;
+            PRAGMA cache_size = -1024;
             CREATE TABLE seen (id TEXT PRIMARY KEY, file TEXT, line INTEGER) WITHOUT ROWID;
             CREATE TABLE done (id TEXT, hash TEXT, PRIMARY KEY (id, hash)) WITHOUT ROWID;
             BEGIN;

@@ -124,6 +124,7 @@ class _Pipeline:
             except OSError as exc:
                 raise InputError(f"cannot read the input: {exc}") from exc
             if not batch:
+                self.stats.input_complete = True
                 break
             for item, done in batch:
                 if self.control.stopping:

@@ -90,6 +90,7 @@ class RunStats:
     invalid: int = 0
     skipped: int = 0  # already done in a previous run
     queued: int = 0
+    input_complete: bool = False  # the reader reached the end of every input
     succeeded: int = 0
     failed: int = 0
     attempts: int = 0
@@ -146,6 +147,7 @@ def summarise(stats: RunStats, wall_time_s: float) -> dict[str, Any]:
             "succeeded": stats.succeeded,
             "failed": stats.failed,
             "not_sent": stats.not_sent,
+            "input_complete": stats.input_complete,
         },
         "attempts": stats.attempts,
         "retries": stats.retries,

@@ -1,0 +1,297 @@
+"""The pipeline against a scripted gateway over real HTTP on loopback.
+
+Retry waits go through an injected sleep that records and returns at once, so no test
+waits for a backoff or a Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+from batchib.config import ApiKey, RequestDefaults, RunSettings
+from batchib.control import RunControl
+from batchib.inputs import InvalidLine, Request, parse_line
+from batchib.runner import RunOutcome, run_batch
+from tests.scripted import (
+    ScriptedGateway,
+    close_connection,
+    error,
+    hang,
+    reply,
+)
+
+KEY = "sk-test-runner-0123456789"
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def by_id(self) -> dict[str, dict[str, Any]]:
+        return {r["custom_id"]: r for r in self.records}
+
+
+class RecordingSleep:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def requests(*prompts: str) -> list[Request | InvalidLine]:
+    defaults = RequestDefaults(model="m")
+    lines = [f'{{"id": "{p}", "prompt": "{p}"}}'.encode() for p in prompts]
+    return [parse_line(raw, "in.jsonl", n, defaults) for n, raw in enumerate(lines, 1)]
+
+
+def run(
+    gateway: ScriptedGateway,
+    items: list[Request | InvalidLine],
+    *,
+    sleep: RecordingSleep | None = None,
+    control: RunControl | None = None,
+    interrupt_after_s: float | None = None,
+    **settings: Any,
+) -> tuple[RunOutcome, ListSink]:
+    sink = ListSink()
+
+    async def go() -> RunOutcome:
+        async with gateway.serving() as url:
+            run_settings = RunSettings(api_key=ApiKey(KEY), base_url=url, **settings)
+            ctl = control or RunControl()
+            if interrupt_after_s is not None:
+                asyncio.get_running_loop().call_later(interrupt_after_s, ctl.interrupt)
+            return await run_batch(
+                items,
+                run_settings,
+                sink,
+                control=ctl,
+                sleep=sleep or RecordingSleep(),
+                rng=random.Random(1),
+            )
+
+    return asyncio.run(go()), sink
+
+
+def test_500_is_retried_with_backoff_then_succeeds() -> None:
+    gateway = ScriptedGateway({"a": [error(500, "server_error")]})
+    sleep = RecordingSleep()
+    outcome, sink = run(gateway, requests("a"), sleep=sleep)
+    record = sink.by_id()["a"]
+    assert record["batchib"]["status"] == "succeeded"
+    assert record["batchib"]["attempts"] == 2
+    assert len(sleep.waits) == 1 and 0.375 <= sleep.waits[0] <= 0.5
+    assert outcome.stats.retries == 1
+    assert outcome.exit_status == 0
+
+
+def test_429_waits_for_retry_after_ms_then_succeeds() -> None:
+    headers = {"retry-after-ms": "1500", "retry-after": "9"}
+    gateway = ScriptedGateway({"a": [error(429, "rate_limit_exceeded", headers)]})
+    sleep = RecordingSleep()
+    outcome, sink = run(gateway, requests("a"), sleep=sleep)
+    assert sleep.waits == [1.5]
+    assert sink.by_id()["a"]["batchib"]["status"] == "succeeded"
+    assert outcome.stats.rate_limited == 1
+
+
+def test_retry_after_in_seconds_is_honoured() -> None:
+    gateway = ScriptedGateway({"a": [error(503, "overloaded", {"retry-after": "7"})]})
+    sleep = RecordingSleep()
+    run(gateway, requests("a"), sleep=sleep)
+    assert sleep.waits == [7.0]
+
+
+def test_retry_after_over_two_minutes_is_not_waited_for() -> None:
+    gateway = ScriptedGateway({"a": [error(429, "rate_limit_exceeded", {"retry-after": "600"})]})
+    sleep = RecordingSleep()
+    outcome, sink = run(gateway, requests("a"), sleep=sleep)
+    assert sleep.waits == []
+    assert gateway.sent("a") == 1
+    assert sink.by_id()["a"]["response"]["status_code"] == 429
+    assert outcome.exit_status == 3
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_client_errors_are_not_retried(status: int) -> None:
+    gateway = ScriptedGateway({"a": [error(status, "bad")]})
+    outcome, sink = run(gateway, requests("a", "b"))
+    assert gateway.sent("a") == 1
+    assert sink.by_id()["a"]["batchib"]["status"] == "failed"
+    assert sink.by_id()["a"]["response"]["status_code"] == status
+    assert sink.by_id()["b"]["batchib"]["status"] == "succeeded"
+    assert outcome.exit_status == 3
+
+
+def test_x_should_retry_false_overrides_a_retryable_status() -> None:
+    gateway = ScriptedGateway({"a": [error(503, "no", {"x-should-retry": "false"})]})
+    run(gateway, requests("a"))
+    assert gateway.sent("a") == 1
+
+
+def test_x_should_retry_true_retries_a_client_error() -> None:
+    gateway = ScriptedGateway({"a": [error(400, "flaky", {"x-should-retry": "true"})]})
+    _, sink = run(gateway, requests("a"))
+    assert gateway.sent("a") == 2
+    assert sink.by_id()["a"]["batchib"]["status"] == "succeeded"
+
+
+def test_closed_connection_is_retried() -> None:
+    gateway = ScriptedGateway({"a": [close_connection()]})
+    _, sink = run(gateway, requests("a"))
+    assert gateway.sent("a") == 2
+    assert sink.by_id()["a"]["batchib"]["attempts"] == 2
+    assert sink.by_id()["a"]["batchib"]["status"] == "succeeded"
+
+
+def test_hung_response_times_out_and_is_retried() -> None:
+    gateway = ScriptedGateway({"a": [hang(5.0)]})
+    _, sink = run(gateway, requests("a"), timeout_s=0.3)
+    record = sink.by_id()["a"]
+    assert record["batchib"]["status"] == "succeeded"
+    assert record["batchib"]["attempts"] == 2
+
+
+def test_200_with_a_body_that_is_not_json_is_retried() -> None:
+    gateway = ScriptedGateway({"a": [reply(200, raw=b'{"id": "chatcmpl-trunc')]})
+    _, sink = run(gateway, requests("a"))
+    assert gateway.sent("a") == 2
+    assert sink.by_id()["a"]["batchib"]["status"] == "succeeded"
+
+
+def test_attempts_are_capped_and_the_last_failure_is_recorded() -> None:
+    gateway = ScriptedGateway(default=error(502, "bad_gateway"))
+    sleep = RecordingSleep()
+    outcome, sink = run(gateway, requests("a"), sleep=sleep, max_attempts=3)
+    record = sink.by_id()["a"]
+    assert gateway.sent("a") == 3
+    assert record["batchib"] == record["batchib"] | {"status": "failed", "attempts": 3}
+    assert record["response"]["status_code"] == 502
+    assert record["response"]["body"]["error"]["code"] == "bad_gateway"
+    assert len(sleep.waits) == 2
+    assert outcome.stats.failures_by_code == {"bad_gateway": 1}
+
+
+def test_a_connection_failure_after_all_attempts_is_an_error_record() -> None:
+    gateway = ScriptedGateway(default=close_connection())
+    _, sink = run(gateway, requests("a"), max_attempts=2)
+    record = sink.by_id()["a"]
+    assert record["response"] is None
+    assert record["error"]["code"] == "connection_error"
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(401, "invalid_api_key"), (403, "forbidden"), (429, "insufficient_quota")],
+)
+def test_an_answer_that_dooms_every_request_stops_dispatching(status: int, code: str) -> None:
+    prompts = [f"p{i}" for i in range(40)]
+    gateway = ScriptedGateway(default=error(status, code), latency_s=0.01)
+    outcome, sink = run(gateway, requests(*prompts), concurrency=2)
+    assert outcome.exit_status == 1
+    assert outcome.stop is not None and outcome.stop.code == code
+    # Only the requests already in flight when the first answer came are sent.
+    assert len(gateway.received) <= 2
+    assert all(r.prompt in prompts for r in gateway.received)
+    assert outcome.stats.not_sent == outcome.stats.queued - len(sink.records) > 0
+    assert not outcome.stats.input_complete
+    assert outcome.stats.retries == 0
+
+
+def test_peak_in_flight_never_exceeds_concurrency() -> None:
+    gateway = ScriptedGateway(latency_s=0.02)
+    outcome, sink = run(gateway, requests(*[f"p{i}" for i in range(60)]), concurrency=5)
+    assert gateway.peak_in_flight == 5
+    assert len(sink.records) == 60
+    assert outcome.stats.input_complete
+    assert outcome.exit_status == 0
+
+
+def test_600_rpm_never_sends_more_than_10_in_any_second_at_start() -> None:
+    gateway = ScriptedGateway()
+    outcome, _ = run(gateway, requests(*[f"p{i}" for i in range(25)]), requests_per_minute=600)
+    times = sorted(r.at for r in gateway.received)
+    assert len(times) == 25
+    for i, start in enumerate(times):
+        in_window = sum(1 for t in times[i:] if t < start + 1.0)
+        assert in_window <= 10, (i, in_window)
+    # The long-run rate is the limit, not far below it: 25 requests span ~2.4 s.
+    assert times[-1] - times[0] >= 2.3
+    assert outcome.exit_status == 0
+
+
+def test_interrupt_cancels_hung_requests_after_the_grace_period() -> None:
+    gateway = ScriptedGateway(default=hang(30.0))
+    outcome, sink = run(
+        gateway,
+        requests(*[f"p{i}" for i in range(10)]),
+        concurrency=3,
+        grace_s=0.1,
+        interrupt_after_s=0.2,
+    )
+    assert outcome.exit_status == 130
+    assert sink.records == []
+    assert len(gateway.received) == 3
+    assert outcome.stats.not_sent == outcome.stats.queued
+    assert not outcome.stats.input_complete
+
+
+def test_interrupt_lets_requests_in_flight_finish_within_grace() -> None:
+    gateway = ScriptedGateway(latency_s=0.3)
+    outcome, sink = run(
+        gateway,
+        requests(*[f"p{i}" for i in range(10)]),
+        concurrency=3,
+        grace_s=5.0,
+        interrupt_after_s=0.1,
+    )
+    assert outcome.exit_status == 130
+    assert len(sink.records) == 3
+    assert all(r["batchib"]["status"] == "succeeded" for r in sink.records)
+    assert len(gateway.received) == 3
+
+
+def test_invalid_lines_become_records_and_the_rest_is_sent() -> None:
+    items = [*requests("a"), parse_line(b"{oops", "in.jsonl", 2, RequestDefaults(model="m"))]
+    outcome, sink = run(ScriptedGateway(), items)
+    assert [r["batchib"]["status"] for r in sink.records].count("invalid") == 1
+    assert sink.by_id()["a"]["batchib"]["status"] == "succeeded"
+    assert outcome.exit_status == 3
+
+
+def test_requests_already_done_are_skipped() -> None:
+    gateway = ScriptedGateway()
+    items = requests("a", "b", "c")
+    sink = ListSink()
+
+    async def go() -> RunOutcome:
+        async with gateway.serving() as url:
+            return await run_batch(
+                items,
+                RunSettings(api_key=ApiKey(KEY), base_url=url),
+                sink,
+                is_done=lambda request: request.custom_id == "b",
+            )
+
+    outcome = asyncio.run(go())
+    assert sorted(r.prompt for r in gateway.received) == ["a", "c"]
+    assert outcome.stats.skipped == 1
+    assert outcome.exit_status == 0
+
+
+def test_the_request_sent_is_the_canonical_body_with_auth_and_user_agent() -> None:
+    gateway = ScriptedGateway()
+    items = requests("a")
+    run(gateway, items)
+    (received,) = gateway.received
+    assert received.headers["Authorization"] == f"Bearer {KEY}"
+    assert received.headers["User-Agent"].startswith("batchib/")
+    assert received.body == {"model": "m", "messages": [{"role": "user", "content": "a"}]}
