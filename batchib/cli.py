@@ -28,6 +28,15 @@ def _fail(message: str, status: int = EXIT_ABORTED) -> NoReturn:
     sys.exit(status)
 
 
+@contextlib.contextmanager
+def _usage_errors() -> Iterator[None]:
+    """Settings that fail validation are usage errors (exit 2), like click's own."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
 def read_api_key(key_file: Path | None) -> ApiKey:
     """The key from --api-key-file, else the first of KEY_VARIABLES that is set."""
     if key_file is not None:
@@ -182,37 +191,41 @@ def run(
     Exit status: 0 all succeeded, 1 aborted, 2 usage error, 3 some failed,
     130/143 interrupted. Interrupted and aborted runs resume when rerun.
     """
+    with _usage_errors():
+        defaults = RequestDefaults(
+            model=model,
+            system=system,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            params=parse_params(params),
+        )
     try:
         key = read_api_key(api_key_file)
-        for name in inputs:
-            if name != "-" and not Path(name).is_file():
-                raise ConfigError(f"input {name} does not exist or is not a file")
+    except ConfigError as exc:
+        _fail(str(exc))
+    with _usage_errors():
+        settings = RunSettings(
+            api_key=key,
+            base_url=base_url,
+            concurrency=concurrency,
+            requests_per_minute=rpm,
+            tokens_per_minute=tpm,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+            grace_s=grace_s,
+        )
         job = Job(
             inputs=inputs,
             output=output,
             summary=summary,
             usage_log=usage_log,
             overwrite=overwrite,
-            defaults=RequestDefaults(
-                model=model,
-                system=system,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                params=parse_params(params),
-            ),
-            settings=RunSettings(
-                api_key=key,
-                base_url=base_url,
-                concurrency=concurrency,
-                requests_per_minute=rpm,
-                tokens_per_minute=tpm,
-                max_attempts=max_attempts,
-                timeout_s=timeout_s,
-                grace_s=grace_s,
-            ),
+            defaults=defaults,
+            settings=settings,
         )
-    except ConfigError as exc:
-        _fail(str(exc))
+    for name in inputs:
+        if name != "-" and not Path(name).is_file():
+            _fail(f"input {name} does not exist or is not a file")
     show_progress = sys.stderr.isatty() if progress is None else progress
     try:
         result = asyncio.run(_run(job, show_progress))

@@ -24,6 +24,10 @@ from batchib.version import __version__
 
 USER_AGENT = f"batchib/{__version__}"
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
+# Bad key, key not allowed, payment required: every further request would fail alike.
+STOP_RUN_STATUSES = frozenset({401, 402, 403})
+REDACTED = b"[REDACTED]"
+MIN_REDACTED_LEN = 8
 OUT_OF_CREDIT_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted"})
 MAX_MESSAGE_CHARS = 500
 
@@ -52,6 +56,8 @@ class Reply:
 def _error_fields(body: dict[str, Any] | None) -> tuple[str | None, str | None, str | None]:
     """(code, type, message) of an OpenAI-shaped error body; code may be an int in vLLM."""
     error = body.get("error") if body else None
+    if isinstance(error, str):  # some gateways answer {"error": "text"}
+        return None, None, error[:MAX_MESSAGE_CHARS]
     if not isinstance(error, dict):
         return None, None, None
     code, kind, message = error.get("code"), error.get("type"), error.get("message")
@@ -78,7 +84,7 @@ def classify(
     if message is None:
         message = raw_text[:MAX_MESSAGE_CHARS] or f"HTTP {status}"
     code = code or kind or f"http_{status}"
-    if status in (401, 403) or (
+    if status in STOP_RUN_STATUSES or (
         status == 429 and (code in OUT_OF_CREDIT_CODES or kind in OUT_OF_CREDIT_CODES)
     ):
         return Verdict.STOP_RUN, code, message, None
@@ -111,9 +117,13 @@ def _parse_json(raw: bytes) -> dict[str, Any] | None:
 class GatewayClient:
     """Sends chat-completion requests over one shared aiohttp session."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, url: str, secret: str) -> None:
         self._session = session
         self._url = url
+        # A gateway may echo the key in an error message; it is cut out of every answer
+        # here, once, so no result, summary or message downstream can carry it. Very
+        # short keys would match ordinary text and are left alone.
+        self._secret = secret.encode() if len(secret) >= MIN_REDACTED_LEN else None
 
     async def send(self, body_bytes: bytes) -> Reply:
         """One attempt. Never raises for network or HTTP failures: they are Replies."""
@@ -128,6 +138,8 @@ class GatewayClient:
             # The exception text names the host and the failure, never headers.
             return self._no_answer(started, "connection_error", f"{type(exc).__name__}: {exc}")
         latency_ms = (time.perf_counter() - started) * 1000
+        if self._secret is not None and self._secret in raw:
+            raw = raw.replace(self._secret, REDACTED)
         body = _parse_json(raw)
         text = "" if body is not None else raw[:MAX_MESSAGE_CHARS].decode("utf-8", "replace")
         verdict, code, message, wait_s = classify(status, headers, body, text, time.time())
@@ -174,6 +186,6 @@ async def open_client(settings: RunSettings) -> AsyncIterator[GatewayClient]:
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, headers=headers, raise_for_status=False
     ) as session:
-        yield GatewayClient(session, settings.completions_url)
+        yield GatewayClient(session, settings.completions_url, settings.api_key.reveal())
     # Let the connector close its transports before the loop goes away.
     await asyncio.sleep(0)

@@ -12,7 +12,9 @@ Formats (one JSON object per line, blank lines ignored):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,6 +31,10 @@ CHAT_URLS = frozenset({"/v1/chat/completions", "/chat/completions"})
 ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
 BATCH_KEYS = frozenset({"custom_id", "method", "url", "body", "metadata"})
 UTF8_BOM = b"\xef\xbb\xbf"
+# orjson keeps integers in [-2**63, 2**64 - 1] exactly; beyond that it rounds to float.
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+LONG_DIGITS = re.compile(rb"\d{19}")
+CAP_KEYS = ("max_tokens", "max_completion_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +92,9 @@ def parse_line(
     """Turn one non-blank input line into a Request, or an InvalidLine saying why not."""
     custom_id = positional_id(file, line)
     try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return InvalidLine(custom_id, file, line, "invalid_json", f"not valid JSON: {exc}")
+        obj = _loads(raw)
+    except LineError as exc:
+        return InvalidLine(custom_id, file, line, exc.code, exc.message)
     if not isinstance(obj, dict):
         kind = type(obj).__name__ if obj is not None else "null"
         return InvalidLine(
@@ -100,11 +106,10 @@ def parse_line(
             custom_id = line_id
         _apply_defaults(body, defaults)
         _validate_body(body)
-        body_bytes = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     except LineError as exc:
         return InvalidLine(custom_id, file, line, exc.code, exc.message)
-    except orjson.JSONEncodeError as exc:
-        return InvalidLine(custom_id, file, line, "invalid_body", f"body cannot be encoded: {exc}")
+    # Everything in the body came from orjson.loads, so it serialises.
+    body_bytes = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     return Request(
         custom_id=custom_id,
         body=body,
@@ -115,6 +120,25 @@ def parse_line(
         metadata=metadata,
         token_estimate=estimate_request_tokens(body),
     )
+
+
+def _check_int(text: str) -> int:
+    value = int(text)
+    if not INT_MIN <= value <= INT_MAX:
+        raise LineError("number_out_of_range", f"the integer {text[:40]} is out of range")
+    return value
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise LineError("invalid_json", f"not valid JSON: {exc}") from exc
+    # orjson turns integers beyond 64 bits into floats, silently changing them; a long
+    # run of digits is rare enough to afford an exact second look with the stdlib.
+    if LONG_DIGITS.search(raw):
+        json.loads(raw, parse_int=_check_int)
+    return value
 
 
 def _line_id(value: Any, field: str) -> str | None:
@@ -169,10 +193,10 @@ def _recognise_batch_line(obj: dict[str, Any]) -> tuple[str | None, dict[str, An
             f"an OpenAI batch line has unexpected fields: {', '.join(unexpected)}",
         )
     method = obj.get("method", "POST")
-    if method != "POST":
+    if method != "POST":  # comparison, not lookup: safe for any JSON value
         raise LineError("unsupported_method", f"method must be POST, got {method!r}")
     url = obj.get("url", "/v1/chat/completions")
-    if url not in CHAT_URLS:
+    if not isinstance(url, str) or url not in CHAT_URLS:
         raise LineError(
             "unsupported_url", f"url must be /v1/chat/completions, got {str(url)[:200]!r}"
         )
@@ -183,15 +207,15 @@ def _recognise_batch_line(obj: dict[str, Any]) -> tuple[str | None, dict[str, An
 
 
 def _apply_defaults(body: dict[str, Any], defaults: RequestDefaults) -> None:
+    # A line that sets either completion cap keeps it alone: sending both caps would
+    # be ambiguous (the gateway picks one) and change what the line asked for.
+    line_has_cap = any(key in body for key in CAP_KEYS)
     for key, value in defaults.params.items():
-        body.setdefault(key, value)
-    if defaults.model is not None:
-        body.setdefault("model", defaults.model)
-    if (
-        defaults.max_tokens is not None
-        and "max_tokens" not in body
-        and "max_completion_tokens" not in body
-    ):
+        if not (line_has_cap and key in CAP_KEYS):
+            body.setdefault(key, value)
+    if defaults.model is not None and body.get("model") is None:
+        body["model"] = defaults.model
+    if defaults.max_tokens is not None and not any(key in body for key in CAP_KEYS):
         body["max_tokens"] = defaults.max_tokens
     if defaults.temperature is not None:
         body.setdefault("temperature", defaults.temperature)
@@ -233,7 +257,7 @@ def _validate_body(body: dict[str, Any]) -> None:
         if not isinstance(message, dict):
             raise LineError("invalid_message", f"messages[{index}] must be an object")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise LineError(
                 "invalid_message",
                 f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}",
@@ -285,8 +309,10 @@ def read_requests(
         item = parse_line(raw, file, number, defaults)
         first = ids.first_use(item.custom_id, file, number)
         if first is not None and isinstance(item, Request):
+            # The record gets the line's positional id: the duplicated id belongs to the
+            # first line, and readers matching on custom_id must not see it fail.
             yield InvalidLine(
-                item.custom_id,
+                positional_id(file, number),
                 file,
                 number,
                 "duplicate_custom_id",

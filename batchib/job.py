@@ -76,9 +76,7 @@ async def run_job(
     try:
         # Reading the previous results happens before any request; it is local I/O.
         resume = ResumeState(0, 0) if job.overwrite else load_done(job.output, ids)
-        results = ResultsFile(
-            job.output, overwrite=job.overwrite, secret=job.settings.api_key.reveal()
-        )
+        results = ResultsFile(job.output, overwrite=job.overwrite)
         try:
             outcome = await run_batch(
                 read_requests(job.inputs, job.defaults, ids),

@@ -23,8 +23,6 @@ from batchib.inputs import InvalidLine, Request
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 INVALID = "invalid"
-REDACTED = b"[REDACTED]"
-MIN_REDACTED_LEN = 8
 
 
 def _record_id() -> str:
@@ -129,11 +127,8 @@ class ResultsFile:
     """Append-only writer: one `write` system call per record, so a crash can tear at
     most the last line, and nothing sits in a user-space buffer."""
 
-    def __init__(self, path: Path, *, overwrite: bool = False, secret: str | None = None) -> None:
+    def __init__(self, path: Path, *, overwrite: bool = False) -> None:
         self.path = path
-        # Last line of defence: a gateway that echoes the key in an error message must
-        # not put it into the file. Very short keys would match ordinary text.
-        self._secret = secret.encode() if secret and len(secret) >= MIN_REDACTED_LEN else None
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if overwrite else 0)
         try:
             self._fd = os.open(path, flags, 0o666)
@@ -146,10 +141,7 @@ class ResultsFile:
             raise OutputError(f"cannot open {path} for writing: {exc.strerror}") from exc
 
     def write(self, record: dict[str, Any]) -> None:
-        data = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        if self._secret is not None and self._secret in data:
-            data = data.replace(self._secret, REDACTED)
-        self._write_all(data)
+        self._write_all(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)

@@ -60,6 +60,7 @@ class RunOutcome:
 def _fatal_stop(reply: Reply) -> Stop:
     reason = {
         401: "the gateway rejected the API key",
+        402: "the gateway asks for payment",
         403: "the API key is not allowed to do this",
     }.get(reply.status or 0, "the account is out of credit")
     return Stop(

@@ -123,7 +123,8 @@ class RunStats:
             self.by_served_model.setdefault(served_model, TokenUsage()).add(usage)
         for choice in body.get("choices") or ():
             if isinstance(choice, dict):
-                self.finish_reasons[str(choice.get("finish_reason"))] += 1
+                reason = choice.get("finish_reason")
+                self.finish_reasons[reason if isinstance(reason, str) else "unknown"] += 1
 
     def add_failure(self, code: str | None) -> None:
         self.failed += 1

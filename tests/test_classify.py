@@ -265,3 +265,22 @@ def test_retry_after_http_date_is_measured_from_now() -> None:
     headers = CIMultiDict({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})
 
     assert classify(503, headers, None, "", NOW_S) == (Verdict.RETRY, "http_503", "HTTP 503", 30.0)
+
+
+def test_402_payment_required_stops_the_run() -> None:
+    body = {"error": {"message": "add credit", "type": "billing", "code": "payment_required"}}
+    assert classify(402, CIMultiDict(), body, "", NOW_S) == (
+        Verdict.STOP_RUN,
+        "payment_required",
+        "add credit",
+        None,
+    )
+
+
+def test_error_given_as_a_bare_string_keeps_its_text() -> None:
+    assert classify(404, CIMultiDict(), {"error": "Not found"}, "", NOW_S) == (
+        Verdict.GIVE_UP,
+        "http_404",
+        "Not found",
+        None,
+    )

@@ -273,7 +273,7 @@ def test_missing_input_aborts_naming_the_file(run_batchib, closed_port_url, tmp_
     assert not (tmp_path / "out.jsonl").exists()
 
 
-@pytest.mark.parametrize("param", ["seed=notjson", "seed", "=7", "temperature={"])
+@pytest.mark.parametrize("param", ["seed=notjson", "seed", "=7", "temperature={", "stream=true"])
 def test_bad_param_is_a_usage_error(param, sample, run_batchib, closed_port_url, tmp_path):
     run = run_batchib(
         sample("prompts.jsonl"), "-o", "out.jsonl", "--base-url", closed_port_url, "--param", param

@@ -190,7 +190,12 @@ def test_a_connection_failure_after_all_attempts_is_an_error_record() -> None:
 
 @pytest.mark.parametrize(
     ("status", "code"),
-    [(401, "invalid_api_key"), (403, "forbidden"), (429, "insufficient_quota")],
+    [
+        (401, "invalid_api_key"),
+        (402, "payment_required"),
+        (403, "forbidden"),
+        (429, "insufficient_quota"),
+    ],
 )
 def test_an_answer_that_dooms_every_request_stops_dispatching(status: int, code: str) -> None:
     prompts = [f"p{i}" for i in range(40)]

@@ -150,12 +150,6 @@ def test_key_echoed_in_a_request_error_is_redacted_from_the_results(
     assert_key_nowhere(api_key, run, tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a fatal (401/403) error message that echoes the key is copied unredacted "
-    "into the summary's stop.message, the usage log and stderr; only the results file "
-    "redacts it",
-)
 def test_key_echoed_in_a_rejection_is_kept_out_of_summary_and_stderr(
     sample, run_batchib, start_app, api_key, tmp_path
 ):
