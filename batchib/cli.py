@@ -16,7 +16,7 @@ import click
 import orjson
 
 from batchib.config import DEFAULT_BASE_URL, ApiKey, Job, RequestDefaults, RunSettings
-from batchib.control import EXIT_ABORTED, EXIT_TERMINATED, RunControl
+from batchib.control import EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_TERMINATED, RunControl
 from batchib.errors import BatchibError, ConfigError
 from batchib.version import __version__
 
@@ -244,16 +244,27 @@ async def _run(job: Job, show_progress: bool) -> dict[str, Any]:
     from batchib.job import run_job
 
     control = RunControl()
-    with _signals_stop(control), _progress(job, show_progress) as bar:
+    with _signals_stop(control, job.settings.grace_s), _progress(job, show_progress) as bar:
         on_progress = bar.update if bar is not None else (lambda stats: None)
         return await run_job(job, control=control, on_progress=on_progress)
 
 
 @contextlib.contextmanager
-def _signals_stop(control: RunControl) -> Iterator[None]:
+def _signals_stop(control: RunControl, grace_s: float) -> Iterator[None]:
+    def on_signal(exit_status: int) -> None:
+        if control.stopping:
+            click.echo("\nbatchib: stopping now", err=True)
+        else:
+            click.echo(
+                f"\nbatchib: interrupted: requests in flight may finish for up to {grace_s:g} s; "
+                "interrupt again to stop at once",
+                err=True,
+            )
+        control.interrupt(exit_status)
+
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, control.interrupt)
-    loop.add_signal_handler(signal.SIGTERM, control.interrupt, EXIT_TERMINATED)
+    loop.add_signal_handler(signal.SIGINT, on_signal, EXIT_INTERRUPTED)
+    loop.add_signal_handler(signal.SIGTERM, on_signal, EXIT_TERMINATED)
     try:
         yield
     finally:

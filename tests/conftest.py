@@ -102,6 +102,12 @@ class _ServerThread:
             self._error = exc
         finally:
             self._ready.set()
+            # Handlers still sleeping (a hung reply) end here, not in "Task was destroyed".
+            leftover = asyncio.all_tasks(loop)
+            for task in leftover:
+                task.cancel()
+            if leftover:
+                loop.run_until_complete(asyncio.wait(leftover))
             loop.close()
 
 
