@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck fmt clean
+.PHONY: demo test bench fmt clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: $(STAMP)
 	$(BIN)/ruff check batchib tests
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# Throughput and memory of the real CLI against the simulator (a few minutes at most).
+bench: $(STAMP)
+	$(BIN)/python bench/core.py --rss-lines 20000,200000,1000000
 
 fmt: $(STAMP)
 	$(BIN)/ruff format batchib tests

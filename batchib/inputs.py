@@ -90,11 +90,18 @@ def parse_line(
     raw: bytes, file: str, line: int, defaults: RequestDefaults
 ) -> Request | InvalidLine:
     """Turn one non-blank input line into a Request, or an InvalidLine saying why not."""
-    custom_id = positional_id(file, line)
     try:
         obj = _loads(raw)
     except LineError as exc:
-        return InvalidLine(custom_id, file, line, exc.code, exc.message)
+        return InvalidLine(positional_id(file, line), file, line, exc.code, exc.message)
+    return parse_object(obj, file, line, defaults)
+
+
+def parse_object(
+    obj: Any, file: str, line: int, defaults: RequestDefaults
+) -> Request | InvalidLine:
+    """Turn one decoded input line (any of the three formats) into a Request or not."""
+    custom_id = positional_id(file, line)
     if not isinstance(obj, dict):
         kind = type(obj).__name__ if obj is not None else "null"
         return InvalidLine(
@@ -106,10 +113,11 @@ def parse_line(
             custom_id = line_id
         _apply_defaults(body, defaults)
         _validate_body(body)
+        body_bytes = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     except LineError as exc:
         return InvalidLine(custom_id, file, line, exc.code, exc.message)
-    # Everything in the body came from orjson.loads, so it serialises.
-    body_bytes = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:  # orjson.JSONEncodeError: only from a caller's own objects
+        return InvalidLine(custom_id, file, line, "invalid_body", f"not JSON-serialisable: {exc}")
     return Request(
         custom_id=custom_id,
         body=body,
@@ -305,16 +313,32 @@ def read_requests(
 
     A custom_id used a second time anywhere in the inputs makes that line invalid.
     """
-    for file, number, raw in read_lines(paths):
-        item = parse_line(raw, file, number, defaults)
-        first = ids.first_use(item.custom_id, file, number)
+    items = (parse_line(raw, file, number, defaults) for file, number, raw in read_lines(paths))
+    return reject_duplicates(items, ids)
+
+
+def read_objects(
+    objects: Iterable[Any], defaults: RequestDefaults, ids: IdStore, name: str = "<memory>"
+) -> Iterator[Request | InvalidLine]:
+    """Like :func:`read_requests` for lines already decoded (dicts), numbered from 1."""
+    items = (
+        parse_object(obj, name, number, defaults) for number, obj in enumerate(objects, start=1)
+    )
+    return reject_duplicates(items, ids)
+
+
+def reject_duplicates(
+    items: Iterable[Request | InvalidLine], ids: IdStore
+) -> Iterator[Request | InvalidLine]:
+    for item in items:
+        first = ids.first_use(item.custom_id, item.file, item.line)
         if first is not None and isinstance(item, Request):
             # The record gets the line's positional id: the duplicated id belongs to the
             # first line, and readers matching on custom_id must not see it fail.
             yield InvalidLine(
-                positional_id(file, number),
-                file,
-                number,
+                positional_id(item.file, item.line),
+                item.file,
+                item.line,
                 "duplicate_custom_id",
                 f"custom_id {item.custom_id!r} was already used at {first.file}:{first.line}",
             )

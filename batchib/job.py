@@ -3,15 +3,14 @@ inputs read as requests, the pipeline, and the summary written beside the result
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from batchib.config import Job
+from batchib.config import Job, RequestDefaults, RunSettings
 from batchib.control import RunControl
 from batchib.idstore import IdStore
-from batchib.inputs import Request, read_requests
+from batchib.inputs import Request, read_objects, read_requests
 from batchib.results import ResultsFile, ResumeState, load_done
 from batchib.runner import RunOutcome, run_batch
 from batchib.summary import append_ledger, utc_now, write_summary
@@ -101,6 +100,31 @@ def _is_done(ids: IdStore, request: Request) -> bool:
     return ids.is_done(request.custom_id, request.body_hash)
 
 
-def run_job_sync(job: Job) -> dict[str, Any]:
-    """:func:`run_job` for callers without an event loop."""
-    return asyncio.run(run_job(job))
+class _Records:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+
+async def run_requests(
+    lines: Iterable[Any],
+    settings: RunSettings,
+    defaults: RequestDefaults | None = None,
+) -> tuple[list[dict[str, Any]], RunOutcome]:
+    """Send a small batch held in memory and return its records and outcome.
+
+    Each item of `lines` is one input line already decoded (a dict in any of the three
+    formats). Records come back in completion order; match them on `custom_id`. For
+    large batches use :func:`run_job`, which streams to a file and resumes.
+    """
+    sink = _Records()
+    ids = IdStore()
+    try:
+        outcome = await run_batch(
+            read_objects(lines, defaults or RequestDefaults(), ids), settings, sink
+        )
+    finally:
+        ids.close()
+    return sink.records, outcome

@@ -77,7 +77,7 @@ def test_signal_writes_what_finished_and_a_rerun_sends_only_the_rest(
     api_key: str,
 ) -> None:
     write_prompts(tmp_path / "in.jsonl")
-    gateway = CountingGateway(latency_ms=300, wake_at=4)
+    gateway = CountingGateway(latency_ms=100, wake_at=4)
     url = start_app(gateway.app)
     process = start_run(tmp_path, url, api_key, "--grace", "10")
     assert gateway.reached.wait(timeout=30)
