@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from jsonschema import Draft202012Validator
 
 from batchib.simulator import SimulatorSettings, create_app, serve
-from batchib.simulator.app import draw_latency_s
+from batchib.simulator.completion import draw_latency_s
 from batchib.simulator.text import (
     VOCABULARY,
     count_tokens,

@@ -6,14 +6,26 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from batchib.simulator.serve import serve
-from batchib.simulator.settings import DEFAULT_MODELS, SimulatorSettings
+from batchib.simulator.settings import DEFAULT_MODELS, FaultRates, SimulatorSettings
+
+_FC = TypeVar("_FC", bound=Callable[..., Any])
+
+
+def _fault_rate(flag: str, outcome: str) -> Callable[[_FC], _FC]:
+    return click.option(
+        flag,
+        type=click.FloatRange(0, 1),
+        default=0.0,
+        metavar="RATE",
+        help=f"Share of attempts {outcome}.",
+    )
 
 
 @click.command()
@@ -56,7 +68,49 @@ from batchib.simulator.settings import DEFAULT_MODELS, SimulatorSettings
     envvar="BATCHIB_SIMULATOR_KEY",
     help="Accept only this bearer key (env BATCHIB_SIMULATOR_KEY) [default: any].",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for latency and text.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for latency, faults and text."
+)
+@click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute allowed per key.")
+@click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute allowed per key.")
+@click.option(
+    "--burst-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds of the per-minute limits a key may use at once.",
+)
+@click.option(
+    "--no-rate-headers",
+    is_flag=True,
+    help="Do not send x-ratelimit-* headers (clients must infer the limits).",
+)
+@_fault_rate("--fail-500", "answered 500")
+@_fault_rate("--fail-502", "answered 502")
+@_fault_rate("--fail-503", "answered 503 (overloaded)")
+@_fault_rate("--drop", "whose connection is closed unanswered")
+@_fault_rate("--hang", "answered only after --hang-s")
+@click.option(
+    "--hang-s",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="How long a hung request waits.",
+)
+@_fault_rate("--truncate", "answered 200 with a cut-off body")
+@_fault_rate("--quota", "answered 429 insufficient_quota")
+@click.option(
+    "--revoke-after",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Answer 401 to every request of a key after its first N.",
+)
+@click.option(
+    "--log",
+    "log_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append one JSON line per completions request received to this file.",
+)
 def simulate(
     host: str,
     port: int,
@@ -66,8 +120,26 @@ def simulate(
     models: tuple[str, ...],
     require_key: str | None,
     seed: int,
+    rpm: int | None,
+    tpm: int | None,
+    burst_s: float,
+    no_rate_headers: bool,
+    fail_500: float,
+    fail_502: float,
+    fail_503: float,
+    drop: float,
+    hang: float,
+    hang_s: float,
+    truncate: float,
+    quota: float,
+    revoke_after: int | None,
+    log_path: Path | None,
 ) -> None:
-    """Serve an OpenAI-compatible gateway simulator until interrupted."""
+    """Serve an OpenAI-compatible gateway simulator until interrupted.
+
+    Fault rates are probabilities per attempt (adding up to at most 1); a request can
+    also force one with the header x-batchib-fault: 500|502|503|drop|hang|truncate|quota|401.
+    """
     model_map = dict(DEFAULT_MODELS)
     if models:
         model_map = {}
@@ -81,6 +153,22 @@ def simulate(
             models=model_map,
             require_key=require_key,
             seed=seed,
+            rpm=rpm,
+            tpm=tpm,
+            burst_s=burst_s,
+            rate_headers=not no_rate_headers,
+            faults=FaultRates(
+                error_500=fail_500,
+                error_502=fail_502,
+                error_503=fail_503,
+                drop=drop,
+                hang=hang,
+                truncate=truncate,
+                quota=quota,
+                revoke_after=revoke_after,
+                hang_s=hang_s,
+            ),
+            log_path=log_path,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 DEFAULT_MODELS: Mapping[str, str] = MappingProxyType(
@@ -15,6 +16,55 @@ DEFAULT_MODELS: Mapping[str, str] = MappingProxyType(
         "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
     }
 )
+
+# The probability fields of FaultRates, in the order a draw walks through them.
+RATE_FIELDS = ("error_500", "error_502", "error_503", "drop", "hang", "truncate", "quota")
+# Float sums such as 0.1 + 0.2 + 0.7 land a hair above 1.
+_RATE_SUM_SLACK = 1e-9
+
+
+@dataclass(frozen=True)
+class FaultRates:
+    """How often each injected fault happens: a probability per attempt.
+
+    Attributes:
+        error_500: answer 500 ``server_error``.
+        error_502: answer 502 ``bad_gateway``.
+        error_503: answer 503 ``server_is_overloaded``.
+        drop: close the connection without answering.
+        hang: wait ``hang_s`` before answering (past any sane client timeout).
+        truncate: answer 200 with the first half of the body (not valid JSON).
+        quota: answer 429 ``insufficient_quota``.
+        revoke_after: after this many accepted completions requests with one key, every
+            further request with that key gets 401 (a key revoked mid-run); None never.
+        hang_s: how long a hung request waits before it answers.
+    """
+
+    error_500: float = 0.0
+    error_502: float = 0.0
+    error_503: float = 0.0
+    drop: float = 0.0
+    hang: float = 0.0
+    truncate: float = 0.0
+    quota: float = 0.0
+    revoke_after: int | None = None
+    hang_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        for name, rate in self.rates().items():
+            if not (isinstance(rate, int | float) and 0 <= rate <= 1):
+                raise ValueError(f"fault rate {name} must be between 0 and 1, got {rate!r}")
+        total = sum(self.rates().values())
+        if total > 1 + _RATE_SUM_SLACK:
+            raise ValueError(f"fault rates must add up to at most 1, got {total:g}")
+        if self.revoke_after is not None and self.revoke_after < 0:
+            raise ValueError(f"revoke_after must be >= 0 or None, got {self.revoke_after!r}")
+        if not (math.isfinite(self.hang_s) and self.hang_s >= 0):
+            raise ValueError(f"hang_s must be a finite number >= 0, got {self.hang_s!r}")
+
+    def rates(self) -> dict[str, float]:
+        """Each probability by field name, in declaration order (the order of the draw)."""
+        return {name: getattr(self, name) for name in RATE_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -28,9 +78,17 @@ class SimulatorSettings:
         models: alias -> served (dated) model name. A served name is also accepted as a
             model and served as itself.
         require_key: the only bearer key accepted; ``None`` accepts any non-empty key.
-        seed: seeds the latency draws and the generated replies.
+        seed: seeds the latency draws, the fault draws and the generated replies.
         default_completion_tokens: longest natural reply, in tokens, when the request
             sets no token limit.
+        rpm: requests per minute allowed per key; None for no limit.
+        tpm: tokens per minute allowed per key; None for no limit.
+        burst_s: how many seconds of the per-minute limits a full bucket holds; 60 lets a
+            whole minute's worth through at once, smaller values model providers that
+            enforce their limits over shorter windows.
+        rate_headers: send the ``x-ratelimit-*`` headers; False makes clients infer limits.
+        faults: the faults to inject.
+        log_path: append one JSON line per completions request received to this file.
     """
 
     latency_ms: float = 0.0
@@ -40,6 +98,12 @@ class SimulatorSettings:
     require_key: str | None = field(default=None, repr=False)
     seed: int = 0
     default_completion_tokens: int = 64
+    rpm: int | None = None
+    tpm: int | None = None
+    burst_s: float = 60.0
+    rate_headers: bool = True
+    faults: FaultRates = field(default_factory=FaultRates)
+    log_path: Path | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.latency_ms) and self.latency_ms >= 0):
@@ -59,9 +123,23 @@ class SimulatorSettings:
             raise ValueError(
                 f"default_completion_tokens must be >= 1, got {self.default_completion_tokens!r}"
             )
+        self._check_limits()
         # A private read-only copy, so the caller mutating its dict cannot change a
         # running simulator behind the frozen dataclass's back.
         object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
+
+    def _check_limits(self) -> None:
+        for name, limit in (("rpm", self.rpm), ("tpm", self.tpm)):
+            if limit is not None and not (isinstance(limit, int) and limit >= 1):
+                raise ValueError(f"{name} must be an integer >= 1 or None, got {limit!r}")
+        if not (math.isfinite(self.burst_s) and self.burst_s > 0):
+            raise ValueError(f"burst_s must be a finite number > 0, got {self.burst_s!r}")
+        # A requests bucket smaller than one request would refuse everything for ever.
+        if self.rpm is not None and self.rpm * self.burst_s / 60 < 1:
+            raise ValueError(
+                f"burst_s={self.burst_s:g} is too short for rpm={self.rpm}: the bucket "
+                "must hold at least one request (rpm * burst_s / 60 >= 1)"
+            )
 
     def served_model(self, name: str) -> str | None:
         """The model that answers for ``name`` (an alias or a served name), or None."""
