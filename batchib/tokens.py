@@ -1,13 +1,26 @@
 """Offline token estimates, made before a request is sent.
 
-For now a cheap estimate: about four characters per token for text, the chat overhead
-of the OpenAI cookbook (3 per message, 1 per name, 3 for the reply primer) and 85 per
-image part (the `detail: low` price). A real tokenizer replaces the text part later.
+Text is counted with the model's real encoding when the optional `bpe-openai` package is
+installed (``pip install 'batchib[tokenizer]'``; its wheel carries `o200k_base` and
+`cl100k_base`, so nothing is downloaded), and at about four characters per token when it
+is not. Around the text, the chat overhead of the OpenAI cookbook ("How to count tokens
+with tiktoken"): 3 tokens per message, 1 more per `name`, 3 for the reply primer, and the
+text of every field of a message — role and name as well as content. Approximations:
+image parts cost 85 (the `detail: low` price); tool definitions and assistant tool calls
+cost the tokens of their JSON text (the model sees them in another layout).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+logger = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 3
@@ -15,14 +28,141 @@ TOKENS_PER_NAME = 1
 REPLY_PRIMER_TOKENS = 3
 IMAGE_TOKENS = 85
 
+O200K_BASE = "o200k_base"
+CL100K_BASE = "cl100k_base"
 
-def _text_tokens(text: str) -> int:
-    return -(-len(text) // CHARS_PER_TOKEN)
+# bpe-openai refuses a text of 1,000,000 characters or more and, less visibly, any text
+# that encodes to more than 200,000 tokens (TokenLimitError). A token covers at least one
+# UTF-8 byte and a character is at most four, so 50,000 characters can never reach that.
+CHUNK_CHARS = 50_000
 
 
-def _content_tokens(content: Any) -> int:
+class TokenCounter(Protocol):
+    """Counts the tokens of a text, for one encoding."""
+
+    @property
+    def name(self) -> str:
+        """The encoding: `"o200k_base"`, `"cl100k_base"`, or `"chars/4"` for the estimate."""
+        ...
+
+    def count_text(self, text: str) -> int:
+        """Tokens of `text` (any length; it never raises for a long one)."""
+        ...
+
+
+class CharCounter:
+    """The fallback when no tokenizer is installed: a token per four characters, rounded up."""
+
+    name = "chars/4"
+
+    def count_text(self, text: str) -> int:
+        return -(-len(text) // CHARS_PER_TOKEN)
+
+
+class Encoding(Protocol):
+    """The part of a tiktoken-style encoding (`bpe_openai.Encoding`) that is used here."""
+
+    def encode_ordinary(self, text: str) -> list[int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BpeCounter:
+    """Exact counts with a BPE encoding; texts longer than CHUNK_CHARS go in chunks."""
+
+    name: str
+    encoding: Encoding
+
+    def count_text(self, text: str) -> int:
+        # encode_ordinary, not encode: "<|endoftext|>" in a prompt is text, and encode
+        # would raise on it.
+        if len(text) <= CHUNK_CHARS:
+            return len(self.encoding.encode_ordinary(text))
+        return sum(len(self.encoding.encode_ordinary(chunk)) for chunk in text_chunks(text))
+
+
+def text_chunks(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
+    """`text` cut into pieces of at most `size` characters, in order.
+
+    A cut goes, by preference, before a space that has a non-space on each side: no
+    pre-token of o200k_base or cl100k_base crosses such a space, so the pieces' counts add
+    up to the whole text's exactly. Failing that, before the last newline (a pre-token
+    like "!\\n" may split: a token or so off), failing that, at `size` (a word splits).
+    """
+    start = 0
+    while len(text) - start > size:
+        end = _cut(text, start, start + size)
+        yield text[start:end]
+        start = end
+    yield text[start:]
+
+
+def _cut(text: str, start: int, limit: int) -> int:
+    # Only the later half of the window is searched, so that no chunk is tiny.
+    low = start + (limit - start) // 2
+    space = text.rfind(" ", low, limit)
+    while space > low:
+        if not text[space - 1].isspace() and not text[space + 1].isspace():
+            return space
+        space = text.rfind(" ", low, space)
+    newline = text.rfind("\n", low, limit)
+    return newline if newline > low else limit
+
+
+def encoding_for_model(model: str) -> str:
+    """The encoding a model's name implies: `cl100k_base` for gpt-4 (not gpt-4o or
+    gpt-4.x) and gpt-3.5, `o200k_base` for everything else — gpt-4o, gpt-4.1, gpt-5, the
+    o-series, and the names a gateway makes up. A provider prefix ("azure/gpt-4") and a
+    fine-tune wrapper ("ft:gpt-4-0613:org::id") are looked through."""
+    name = model.strip().lower()
+    if name.startswith("ft:"):
+        name = name[3:].split(":", 1)[0]
+    name = name.rsplit("/", 1)[-1]
+    if name.startswith(("gpt-4o", "gpt-4.")):
+        return O200K_BASE
+    if name.startswith(("gpt-4", "gpt-3.5", "gpt-35")):
+        return CL100K_BASE
+    return O200K_BASE
+
+
+@functools.cache
+def _load_encoding(name: str) -> Encoding | None:
+    # Imported on first use, not with this module: the import alone takes about half a
+    # second (it decodes every shipped vocabulary) and `batchib --help` must start fast.
+    try:
+        import bpe_openai
+    except ImportError:
+        logger.info("bpe-openai is not installed: token estimates use %s", CharCounter.name)
+        return None
+    # get_encoding builds a new Encoding (and copies its vocabulary) on every call.
+    encoding: Encoding = bpe_openai.get_encoding(name)
+    return encoding
+
+
+def tokenizer_available() -> bool:
+    """Whether real token counts are possible (the `tokenizer` extra is installed).
+
+    The first call imports the tokenizer, which takes about half a second."""
+    return _load_encoding(O200K_BASE) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def counter_for_model(model: str) -> TokenCounter:
+    """The counter for a model: its real encoding when bpe-openai is installed, else the
+    four-characters-per-token estimate. Cached per model name."""
+    encoding_name = encoding_for_model(model)
+    encoding = _load_encoding(encoding_name)
+    if encoding is None:
+        return CharCounter()
+    return BpeCounter(encoding_name, encoding)
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _content_tokens(content: Any, count: Callable[[str], int]) -> int:
     if isinstance(content, str):
-        return _text_tokens(content)
+        return count(content)
     if not isinstance(content, list):
         return 0
     total = 0
@@ -32,24 +172,36 @@ def _content_tokens(content: Any) -> int:
         if part.get("type") == "image_url":
             total += IMAGE_TOKENS
         elif isinstance(part.get("text"), str):
-            total += _text_tokens(part["text"])
+            total += count(part["text"])
     return total
 
 
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """Estimated prompt tokens of a chat body (messages, tool definitions)."""
+def estimate_prompt_tokens(body: dict[str, Any], counter: TokenCounter | None = None) -> int:
+    """Estimated prompt tokens of a chat body (messages, tool definitions).
+
+    `counter` defaults to :func:`counter_for_model` of the body's model."""
+    if counter is None:
+        model = body.get("model")
+        counter = counter_for_model(model if isinstance(model, str) else "")
+    count = counter.count_text
     total = REPLY_PRIMER_TOKENS
     for message in body.get("messages", ()):
         if not isinstance(message, dict):
             continue
-        total += TOKENS_PER_MESSAGE + _content_tokens(message.get("content"))
+        total += TOKENS_PER_MESSAGE
+        # As the cookbook does, every field's text counts: role, name, tool_call_id too.
+        for key, value in message.items():
+            if key == "content":
+                total += _content_tokens(value, count)
+            elif isinstance(value, str):
+                total += count(value)
+            elif isinstance(value, dict | list):  # tool_calls, function_call
+                total += count(_json_text(value))
         if "name" in message:
             total += TOKENS_PER_NAME
-        for call in message.get("tool_calls") or ():
-            if isinstance(call, dict):
-                total += _text_tokens(str(call.get("function", "")))
-    if "tools" in body:
-        total += _text_tokens(str(body["tools"]))
+    for key in ("tools", "functions"):
+        if body.get(key) is not None:
+            total += count(_json_text(body[key]))
     return total
 
 
@@ -62,7 +214,7 @@ def max_completion_tokens(body: dict[str, Any]) -> int | None:
     return cap * (n if isinstance(n, int) and n > 0 else 1)
 
 
-def estimate_request_tokens(body: dict[str, Any]) -> int:
+def estimate_request_tokens(body: dict[str, Any], counter: TokenCounter | None = None) -> int:
     """What a gateway charges against a tokens-per-minute limit before it answers:
     the prompt plus the completion cap when one is set."""
-    return estimate_prompt_tokens(body) + (max_completion_tokens(body) or 0)
+    return estimate_prompt_tokens(body, counter) + (max_completion_tokens(body) or 0)

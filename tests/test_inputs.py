@@ -190,10 +190,10 @@ def test_prompt_shorthand_without_system_is_one_user_message(system: str | None)
 
 
 def test_token_estimate_counts_prompt_and_completion_cap() -> None:
-    # 3 (reply primer) + 3 (one message) + 1 ("Hi") + 2 choices x 10 tokens.
+    # 3 (reply primer) + 3 (one message) + 1 ("user") + 1 ("Hi") + 2 choices x 10 tokens.
     request = parse_request({"prompt": "Hi", "max_tokens": 10, "n": 2})
 
-    assert request.token_estimate == 27
+    assert request.token_estimate == 28
 
 
 def test_assistant_message_without_content_and_tool_message_with_id_are_valid() -> None:
