@@ -151,6 +151,31 @@ def main() -> None:
     help="Seconds per attempt.",
 )
 @click.option(
+    "--connect-timeout",
+    "connect_timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds to establish a connection (part of each attempt).",
+)
+@click.option(
+    "--breaker",
+    "breaker_window",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Stop after this many attempts in a row fail alike on the server side "
+    "(5xx or timeouts for at least --breaker-seconds, or 404); 0 turns it off.",
+)
+@click.option(
+    "--breaker-seconds",
+    "breaker_min_duration_s",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="How long transient failures must last before the breaker trips.",
+)
+@click.option(
     "--grace",
     "grace_s",
     type=click.FloatRange(min=0),
@@ -182,6 +207,9 @@ def run(
     tpm: float | None,
     max_attempts: int,
     timeout_s: float,
+    connect_timeout_s: float,
+    breaker_window: int,
+    breaker_min_duration_s: float,
     grace_s: float,
     progress: bool | None,
     quiet: bool,
@@ -212,6 +240,9 @@ def run(
             tokens_per_minute=tpm,
             max_attempts=max_attempts,
             timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            breaker_window=breaker_window,
+            breaker_min_duration_s=breaker_min_duration_s,
             grace_s=grace_s,
         )
         job = Job(

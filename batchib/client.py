@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 
 from batchib.config import RunSettings
+from batchib.ratelimit_headers import RateLimitHeaders, parse_rate_headers
 from batchib.retry import MAX_RETRY_AFTER_S, retry_after_s
 from batchib.version import __version__
 
@@ -51,6 +52,15 @@ class Reply:
     message: str | None
     retry_after_s: float | None
     latency_ms: float
+    # What the gateway said about our quota, when it said anything.
+    rate: RateLimitHeaders | None = None
+    # The error's `type`: for a 429, "requests" or "tokens" tells which limit was hit.
+    error_type: str | None = None
+
+    @property
+    def rate_limited(self) -> bool:
+        """A 429 that is a rate limit (not an exhausted account)."""
+        return self.status == 429 and self.verdict is not Verdict.STOP_RUN
 
 
 def _error_fields(body: dict[str, Any] | None) -> tuple[str | None, str | None, str | None]:
@@ -152,6 +162,8 @@ class GatewayClient:
             message=message,
             retry_after_s=wait_s,
             latency_ms=latency_ms,
+            rate=parse_rate_headers(headers),
+            error_type=None if verdict is Verdict.SUCCESS else _error_fields(body)[1],
         )
 
     @staticmethod

@@ -78,6 +78,10 @@ class RunSettings:
     connect_timeout_s: float = 30.0
     # How long requests in flight may finish after Ctrl-C before they are cancelled.
     grace_s: float = 10.0
+    # Circuit breaker: stop after this many attempts in a row failed alike on the
+    # server side (0 turns it off), lasting at least this long for transient errors.
+    breaker_window: int = 50
+    breaker_min_duration_s: float = 60.0
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
@@ -102,6 +106,8 @@ class RunSettings:
                 raise ConfigError(f"{name} must be a positive number of seconds")
         if self.grace_s < 0:
             raise ConfigError("the grace period must not be negative")
+        if self.breaker_window < 0 or self.breaker_min_duration_s < 0:
+            raise ConfigError("the circuit breaker settings must not be negative")
 
     @property
     def completions_url(self) -> str:

@@ -54,7 +54,10 @@ def build_summary(
             "tokens_per_minute": settings.tokens_per_minute,
             "max_attempts": settings.max_attempts,
             "timeout_s": settings.timeout_s,
+            "connect_timeout_s": settings.connect_timeout_s,
+            "circuit_breaker_window": settings.breaker_window,
         },
+        "limits_at_end": outcome.limits,
         "resume": {
             "previously_done": resume.done,
             "unreadable_lines": resume.unreadable_lines,

@@ -1,42 +1,222 @@
-"""Request and token rate limits, enforced before a request leaves.
+"""Request and token limits, enforced before a request leaves.
 
-`AsyncLimiter(rpm, 60)` would let a whole minute's worth through at once. Providers
-meter on shorter windows than they advertise, so each bucket here holds a tenth of a
-second's worth (at least one request): the long-run rate equals the limit and no one
-second sees much more than a sixtieth of the per-minute limit.
+Two leaky buckets (aiolimiter) hold a tenth of a second's worth of their rate, not a
+minute's: `AsyncLimiter(rpm, 60)` would let a whole minute through at once, and
+providers meter on shorter windows than they advertise. The rates come from
+:mod:`batchib.adaptive` — configured, discovered from headers, or learnt from 429s —
+and change while the run goes. The gateway's `x-ratelimit-remaining-*` headers hold
+admission back when its bucket is nearly empty, before it starts refusing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 from aiolimiter import AsyncLimiter
 
+from batchib.adaptive import AdaptiveRate
+from batchib.client import Reply, Verdict
+from batchib.ratelimit_headers import Bucket
+from batchib.tokens import max_completion_tokens
+
 BURST_S = 0.1
+# With limits unknown, the first request goes alone so that its answer's headers (if
+# any) set the rate before the rest go; this long at most.
+PROBE_TIMEOUT_S = 2.0
 
 
-def smooth_limiter(per_minute: float, min_burst: float = 1.0) -> AsyncLimiter:
-    """A leaky bucket draining at per_minute/60 per second, holding BURST_S of it."""
-    per_second = per_minute / 60
-    capacity = max(min_burst, per_second * BURST_S)
-    return AsyncLimiter(capacity, capacity / per_second)
+class SmoothBucket(AsyncLimiter):
+    """aiolimiter's leaky bucket holding BURST_S of its rate, whose rate can change
+    while waiters wait, and whose level can be corrected after the fact.
+
+    It reaches into AsyncLimiter's private state (`_level`, `_rate_per_sec`, `_leak`,
+    `_wake_next`); pyproject pins aiolimiter to the versions this was tested with.
+    """
+
+    def __init__(self, per_second: float) -> None:
+        capacity = max(1.0, per_second * BURST_S)
+        super().__init__(capacity, capacity / per_second)
+
+    @property
+    def per_second(self) -> float:
+        return self._rate_per_sec
+
+    def set_rate(self, per_second: float) -> None:
+        self._leak()
+        # Never shrink below a piece someone already waits for: it could never fit.
+        waiting = max((amount for amount, _, fut in self._waiters if not fut.done()), default=0.0)
+        capacity = max(1.0, per_second * BURST_S, waiting)
+        self.max_rate = capacity
+        self.time_period = capacity / per_second
+        self._rate_per_sec = per_second
+        self._wake_next()
+
+    def correct(self, amount: float) -> None:
+        """Charge `amount` more (or give back, if negative) than was acquired."""
+        self._leak()
+        self._level = max(0.0, self._level + amount)
+        self._wake_next()
+
+    async def take(self, amount: float) -> None:
+        """Acquire any amount: more than the bucket holds is taken piece by piece, so
+        it waits as long as its size demands without ever bursting."""
+        remaining = amount
+        while remaining > 0:
+            piece = min(remaining, self.max_rate)
+            await self.acquire(piece)
+            remaining -= piece
 
 
-class RateLimits:
-    """Requests-per-minute and tokens-per-minute buckets, both optional."""
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What admission granted one attempt: its number and the tokens reserved."""
 
-    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
-        self._requests = smooth_limiter(requests_per_minute) if requests_per_minute else None
-        self._tokens = smooth_limiter(tokens_per_minute) if tokens_per_minute else None
+    seq: int
+    tokens: int
 
-    async def acquire(self, tokens: int) -> None:
-        """Wait until one more request of `tokens` estimated tokens may be sent."""
-        if self._requests is not None:
-            await self._requests.acquire()
-        if self._tokens is not None and tokens > 0:
-            # A request larger than the bucket is taken in bucket-sized pieces: it
-            # waits as long as its size demands without ever bursting.
-            capacity = self._tokens.max_rate
-            remaining = float(tokens)
-            while remaining > 0:
-                piece = min(remaining, capacity)
-                await self._tokens.acquire(piece)
-                remaining -= piece
+
+class _Dimension:
+    """One limited quantity: its adaptive rate and the bucket that enforces it."""
+
+    def __init__(
+        self,
+        configured_per_minute: float | None,
+        clock: Callable[[], float],
+        min_per_minute: float,
+    ) -> None:
+        self.configured = configured_per_minute is not None
+        per_s = configured_per_minute / 60 if configured_per_minute else None
+        self.rate = AdaptiveRate(per_s, clock, min_rate_per_s=min_per_minute / 60)
+        self.bucket: SmoothBucket | None = SmoothBucket(per_s) if per_s else None
+
+    def apply_rate(self) -> None:
+        per_s = self.rate.rate_per_s
+        if per_s is None:
+            self.bucket = None
+        elif self.bucket is None:
+            self.bucket = SmoothBucket(per_s)
+        elif self.bucket.per_second != per_s:
+            self.bucket.set_rate(per_s)
+
+    async def take(self, amount: float) -> None:
+        if self.bucket is not None and amount > 0:
+            await self.bucket.take(amount)
+
+
+class Limits:
+    """Admission for every attempt: requests per minute, tokens per minute, and the
+    gateway's own view of what is left."""
+
+    def __init__(
+        self,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self.requests = _Dimension(requests_per_minute, clock, min_per_minute=1)
+        self.tokens = _Dimension(tokens_per_minute, clock, min_per_minute=1000)
+        self._seq = itertools.count()
+        self._last_seq = -1
+        self._hold_until = 0.0
+        self._probe: asyncio.Event | None = None
+        if not (self.requests.configured and self.tokens.configured):
+            self._probe = asyncio.Event()
+        self._probe_sent = False
+
+    async def acquire(self, tokens: int) -> Ticket:
+        """Wait until one more attempt of `tokens` estimated tokens may be sent."""
+        if self._probe is not None:
+            if self._probe_sent:
+                await self._probe.wait()
+            else:
+                self._probe_sent = True
+                asyncio.get_running_loop().call_later(PROBE_TIMEOUT_S, self._probe.set)
+        await self.requests.take(1)
+        await self.tokens.take(tokens)
+        delay = self._hold_until - self._clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        seq = next(self._seq)
+        self._last_seq = seq
+        self.requests.rate.sent.add(1)
+        self.tokens.rate.sent.add(tokens)
+        return Ticket(seq, tokens)
+
+    def observe(self, ticket: Ticket, reply: Reply, body: dict[str, Any]) -> None:
+        """Learn from the answer to the attempt `ticket` admitted (`body`: the request)."""
+        if self._probe is not None and not self._probe.is_set():
+            self._probe.set()
+        if reply.rate is not None:
+            self._follow_headers(reply.rate.requests, self.requests, 1)
+            self._follow_headers(reply.rate.tokens, self.tokens, ticket.tokens)
+        if reply.verdict is Verdict.SUCCESS:
+            charged = _tokens_charged(body, reply.body)
+            if charged is not None:
+                self._correct_tokens(charged - ticket.tokens)
+            else:
+                charged = ticket.tokens
+            for dimension, amount in ((self.requests, 1), (self.tokens, charged)):
+                if dimension.rate.on_success(amount):
+                    dimension.apply_rate()
+        elif reply.rate_limited:
+            self._correct_tokens(-ticket.tokens)  # a refused request is not charged
+            dimension = self.tokens if reply.error_type == "tokens" else self.requests
+            if dimension.rate.on_rate_limited(ticket.seq, self._last_seq):
+                dimension.apply_rate()
+
+    def _correct_tokens(self, amount: float) -> None:
+        if self.tokens.bucket is not None and amount:
+            self.tokens.bucket.correct(amount)
+
+    def _follow_headers(self, bucket: Bucket, dimension: _Dimension, cost: float) -> None:
+        limit = bucket.limit_per_minute
+        if not limit:
+            return
+        if not dimension.configured and dimension.rate.discover_ceiling(limit / 60):
+            dimension.apply_rate()
+        # Hold admission when the gateway's bucket is nearly empty: one tenth of a
+        # second's worth (or one request's cost) left. It refills at the rate implied
+        # by its reset time.
+        remaining, reset_s = bucket.remaining, bucket.reset_s
+        if remaining is None or reset_s is None:
+            return
+        margin = max(cost, limit / 60 * BURST_S)
+        if remaining >= margin:
+            return
+        refill_per_s = (limit - remaining) / reset_s if reset_s > 0 else limit / 60
+        if refill_per_s > 0:
+            self._hold_until = max(
+                self._hold_until, self._clock() + (margin - remaining) / refill_per_s
+            )
+
+    def current(self) -> dict[str, float | None]:
+        """The rates in force now, per minute (None: unlimited), for the summary."""
+
+        def per_minute(dimension: _Dimension) -> float | None:
+            rate = dimension.rate.rate_per_s
+            return None if rate is None else round(rate * 60, 1)
+
+        return {
+            "requests_per_minute": per_minute(self.requests),
+            "tokens_per_minute": per_minute(self.tokens),
+            "rate_decreases": self.requests.rate.decreases + self.tokens.rate.decreases,
+        }
+
+
+def _tokens_charged(request: dict[str, Any], response: dict[str, Any] | None) -> int | None:
+    """What the gateway counts against tokens per minute for a completed request: the
+    prompt plus the completion cap when one was set, else the actual completion."""
+    usage = response.get("usage") if response else None
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    cap = max_completion_tokens(request)
+    return prompt + (cap if cap is not None else completion)

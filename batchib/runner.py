@@ -13,9 +13,10 @@ import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from batchib.breaker import CircuitBreaker, Trip
 from batchib.client import GatewayClient, Reply, Verdict, open_client
 from batchib.config import RunSettings
 from batchib.control import (
@@ -27,7 +28,7 @@ from batchib.control import (
 )
 from batchib.errors import BatchibError, InputError
 from batchib.inputs import InvalidLine, Request
-from batchib.limits import RateLimits
+from batchib.limits import Limits
 from batchib.results import invalid_record, request_record
 from batchib.retry import backoff_s
 from batchib.usage import RunStats
@@ -47,6 +48,8 @@ class RunOutcome:
     stats: RunStats
     stop: Stop | None
     wall_time_s: float
+    # The rates in force at the end (configured, discovered or learnt from 429s).
+    limits: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def exit_status(self) -> int:
@@ -69,6 +72,15 @@ def _fatal_stop(reply: Reply) -> Stop:
             f"{reason} (HTTP {reply.status} {reply.code}): {reply.message}; "
             "stopped sending, the rest is left for a rerun"
         ),
+        exit_status=EXIT_ABORTED,
+        cancels_in_flight=False,
+    )
+
+
+def _breaker_stop(trip: Trip) -> Stop:
+    return Stop(
+        code="circuit_breaker",
+        message=trip.message,
         exit_status=EXIT_ABORTED,
         cancels_in_flight=False,
     )
@@ -104,7 +116,12 @@ class _Pipeline:
         self.on_progress = on_progress
         self.sleep = sleep
         self.rng = rng
-        self.limits = RateLimits(settings.requests_per_minute, settings.tokens_per_minute)
+        self.limits = Limits(settings.requests_per_minute, settings.tokens_per_minute)
+        self.breaker = (
+            CircuitBreaker(settings.breaker_window, settings.breaker_min_duration_s)
+            if settings.breaker_window
+            else None
+        )
         self.stats = RunStats()
 
     async def run(self, items: Iterable[Item]) -> None:
@@ -159,9 +176,12 @@ class _Pipeline:
         attempt = 0
         while True:
             attempt += 1
-            await self.limits.acquire(request.token_estimate)
+            ticket = await self.limits.acquire(request.token_estimate)
             reply = await self.client.send(request.body_bytes)
+            self.limits.observe(ticket, reply, request.body)
             self.stats.attempts += 1
+            if self.breaker is not None and (trip := self.breaker.record(reply)):
+                self.control.request_stop(_breaker_stop(trip))
             if reply.status == 429:
                 self.stats.rate_limited += 1
             if reply.verdict is Verdict.SUCCESS:
@@ -235,4 +255,6 @@ async def run_batch(
                     first = first.exceptions[0]
                 raise first from group
             raise
-    return RunOutcome(pipeline.stats, control.stop, time.perf_counter() - started)
+    return RunOutcome(
+        pipeline.stats, control.stop, time.perf_counter() - started, pipeline.limits.current()
+    )

@@ -319,6 +319,8 @@ def test_unknown_model_fails_with_404_kept_and_is_not_retried(
 ):
     gateway = start_recording_simulator()
     source = sample("prompts.jsonl")
+    # Fewer lines than the circuit breaker's window: each 404 is judged on its own.
+    source.write_text("".join(source.read_text().splitlines(keepends=True)[:20]))
 
     run = run_batchib(source, "-o", "out.jsonl", "--model", "nope", "--base-url", gateway.url)
 
@@ -337,6 +339,24 @@ def test_unknown_model_fails_with_404_kept_and_is_not_retried(
     assert summary["counts"]["failed"] == len(records)
     assert summary["failures_by_code"] == {"model_not_found": len(records)}
     assert summary["retries"] == 0
+
+
+def test_unknown_model_on_every_line_trips_the_circuit_breaker(
+    sample, run_batchib, start_recording_simulator
+):
+    gateway = start_recording_simulator()
+    source = sample("prompts.jsonl")
+
+    run = run_batchib(source, "-o", "out.jsonl", "--model", "nope", "--base-url", gateway.url)
+
+    assert run.status == 1, run.stderr
+    assert "circuit breaker" in run.stderr
+    assert "HTTP 404 model_not_found" in run.stderr
+    summary = run.summary()
+    assert summary["stop"]["code"] == "circuit_breaker"
+    # Requests in flight when it tripped still finish; nothing new is sent after.
+    assert 50 <= len(gateway.requests) <= 50 + 16
+    assert len(run.records()) == len(gateway.requests)
 
 
 def test_rejected_key_stops_the_run_and_a_rerun_with_the_right_key_completes_it(

@@ -241,6 +241,9 @@ def test_interrupt_cancels_hung_requests_after_the_grace_period() -> None:
         concurrency=3,
         grace_s=0.1,
         interrupt_after_s=0.2,
+        # Known limits: no probe request alone first, all three go at once.
+        requests_per_minute=60_000,
+        tokens_per_minute=10**9,
     )
     assert outcome.exit_status == 130
     assert sink.records == []

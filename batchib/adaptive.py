@@ -1,0 +1,118 @@
+"""The rate a run may send at, as a control loop (pure arithmetic, clock injected).
+
+Each dimension (requests/s, tokens/s) has a ceiling — configured by the user, or
+discovered from the gateway's `x-ratelimit-limit-*` headers — and a current rate at or
+below it. A 429 lowers the current rate (multiplicative decrease, towards what actually
+succeeded lately); quiet time raises it again (additive increase) up to the ceiling.
+With no ceiling and no 429 yet, the rate is unlimited and only concurrency bounds it.
+
+Like TCP, one 429 lowers the rate once per round trip: answers to requests sent before
+the last decrease say nothing about the new rate, and are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+BIN_S = 0.1
+WINDOW_BINS = 20  # the meters look back 2 s
+DECREASE_MIN_FACTOR = 0.5  # one step never cuts more than half
+SUCCESS_MARGIN = 0.95  # settle a little below the rate that succeeded
+# Added each second after a decrease: 2% of the rate it settled at, or 1% of the
+# ceiling when one is known, whichever is more (back from half in under a minute).
+INCREASE_OF_RATE = 0.02
+INCREASE_OF_CEILING = 0.01
+
+
+class RateMeter:
+    """Amounts recorded over the last WINDOW_BINS * BIN_S seconds, in fixed bins."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._bins = [0.0] * WINDOW_BINS
+        self._bin_index = math.floor(clock() / BIN_S)
+
+    def _advance(self) -> int:
+        now_index = math.floor(self._clock() / BIN_S)
+        stale = min(now_index - self._bin_index, WINDOW_BINS)
+        for step in range(1, stale + 1):
+            self._bins[(self._bin_index + step) % WINDOW_BINS] = 0.0
+        self._bin_index = max(self._bin_index, now_index)
+        return now_index
+
+    def add(self, amount: float) -> None:
+        self._bins[self._advance() % WINDOW_BINS] += amount
+
+    def per_second(self) -> float:
+        self._advance()
+        return sum(self._bins) / (WINDOW_BINS * BIN_S)
+
+
+class AdaptiveRate:
+    """The current rate of one dimension, in units per second (None: unlimited)."""
+
+    def __init__(
+        self,
+        ceiling_per_s: float | None,
+        clock: Callable[[], float],
+        min_rate_per_s: float = 1 / 60,
+    ) -> None:
+        self._clock = clock
+        self._min_rate_per_s = min_rate_per_s
+        self.ceiling_per_s = ceiling_per_s
+        self.rate_per_s: float | None = ceiling_per_s
+        self.succeeded = RateMeter(clock)
+        self.sent = RateMeter(clock)
+        self.decreases = 0
+        self._ignore_up_to_seq = -1
+        self._increase_step = 0.0
+        self._increased_at = clock()
+
+    def discover_ceiling(self, ceiling_per_s: float) -> bool:
+        """Adopt a ceiling the gateway announced; True if it changed (the caller then
+        re-applies the rate, which is a no-op when the rate itself stayed)."""
+        if self.ceiling_per_s == ceiling_per_s:
+            return False
+        self.ceiling_per_s = ceiling_per_s
+        if self.rate_per_s is None or self.rate_per_s > ceiling_per_s or not self.decreases:
+            self.rate_per_s = ceiling_per_s
+        return True
+
+    def on_rate_limited(self, seq: int, last_seq: int) -> bool:
+        """A 429 for the request numbered `seq`; `last_seq` is the newest number given
+        out. True if the rate was lowered."""
+        if seq <= self._ignore_up_to_seq:
+            return False
+        current = self.rate_per_s
+        if current is None:
+            # Unlimited so far: what went out lately is the rate that was too much.
+            current = max(self.sent.per_second(), self._min_rate_per_s)
+        succeeded = self.succeeded.per_second() * SUCCESS_MARGIN
+        lowered = max(current * DECREASE_MIN_FACTOR, min(current * SUCCESS_MARGIN, succeeded))
+        self.rate_per_s = max(lowered, self._min_rate_per_s)
+        self._increase_step = max(
+            self.rate_per_s * INCREASE_OF_RATE,
+            (self.ceiling_per_s or 0.0) * INCREASE_OF_CEILING,
+        )
+        self._increased_at = self._clock()
+        self._ignore_up_to_seq = last_seq
+        self.decreases += 1
+        return True
+
+    def on_success(self, amount: float) -> bool:
+        """Record a success; raise the rate for the time since the last change. True if
+        the rate changed."""
+        self.succeeded.add(amount)
+        if self.rate_per_s is None or not self.decreases:
+            return False
+        ceiling = self.ceiling_per_s if self.ceiling_per_s is not None else math.inf
+        if self.rate_per_s >= ceiling:
+            return False
+        now = self._clock()
+        elapsed = now - self._increased_at
+        if elapsed < BIN_S:
+            return False
+        self._increased_at = now
+        self.rate_per_s = min(ceiling, self.rate_per_s + self._increase_step * elapsed)
+        return True
