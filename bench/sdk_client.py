@@ -1,0 +1,43 @@
+"""The baseline a typical user writes: the OpenAI SDK, AsyncOpenAI + a semaphore, its
+default retries. Reads shorthand JSONL; writes one line per request (custom_id, ok).
+
+    python bench/sdk_client.py INPUT OUTPUT BASE_URL MODEL CONCURRENCY TIMEOUT_S
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import openai
+
+
+async def main() -> int:
+    source, target, base_url, model, concurrency, timeout_s = sys.argv[1:7]
+    client = openai.AsyncOpenAI(base_url=base_url, timeout=float(timeout_s))
+    semaphore = asyncio.Semaphore(int(concurrency))
+    lines = [json.loads(line) for line in open(source) if line.strip()]
+    results: list[dict[str, object]] = []
+
+    async def one(line: dict[str, object]) -> None:
+        async with semaphore:
+            try:
+                await client.chat.completions.create(
+                    model=model,
+                    messages=[{"role": "user", "content": str(line["prompt"])}],
+                    max_tokens=int(str(line.get("max_tokens", 100))),
+                )
+                results.append({"custom_id": line["id"], "ok": True})
+            except openai.APIError as exc:
+                results.append({"custom_id": line["id"], "ok": False, "error": type(exc).__name__})
+
+    await asyncio.gather(*(one(line) for line in lines))
+    with open(target, "w") as stream:
+        for result in results:
+            stream.write(json.dumps(result) + "\n")
+    return 0 if all(r["ok"] for r in results) else 3
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
