@@ -19,6 +19,7 @@ BIN_S = 0.1
 WINDOW_BINS = 20  # the meters look back 2 s
 DECREASE_MIN_FACTOR = 0.5  # one step never cuts more than half
 SUCCESS_MARGIN = 0.95  # settle a little below the rate that succeeded
+HINT_MIN_FACTOR = 0.05  # a Retry-After hint never cuts more than 20x in one step
 # Added each second after a decrease: 2% of the rate it settled at, or 1% of the
 # ceiling when one is known, whichever is more (back from half in under a minute).
 INCREASE_OF_RATE = 0.02
@@ -68,6 +69,7 @@ class AdaptiveRate:
         self._ignore_up_to_seq = -1
         self._increase_step = 0.0
         self._increased_at = clock()
+        self._decreased_at = -math.inf
 
     def discover_ceiling(self, ceiling_per_s: float) -> bool:
         """Adopt a ceiling the gateway announced; True if it changed (the caller then
@@ -79,17 +81,30 @@ class AdaptiveRate:
             self.rate_per_s = ceiling_per_s
         return True
 
-    def on_rate_limited(self, seq: int, last_seq: int) -> bool:
+    def on_rate_limited(self, seq: int, last_seq: int, hint_per_s: float | None = None) -> bool:
         """A 429 for the request numbered `seq`; `last_seq` is the newest number given
-        out. True if the rate was lowered."""
+        out; `hint_per_s` the rate its Retry-After implies (its cost over the wait: the
+        gateway refills at least that fast). True if the rate was lowered."""
         if seq <= self._ignore_up_to_seq:
             return False
         current = self.rate_per_s
         if current is None:
             # Unlimited so far: what went out lately is the rate that was too much.
             current = max(self.sent.per_second(), self._min_rate_per_s)
-        succeeded = self.succeeded.per_second() * SUCCESS_MARGIN
-        lowered = max(current * DECREASE_MIN_FACTOR, min(current * SUCCESS_MARGIN, succeeded))
+        now = self._clock()
+        if self.decreases and now - self._decreased_at < WINDOW_BINS * BIN_S:
+            # 429s again right after a decrease: still far above the limit (e.g. after
+            # the free burst of a full bucket), and the success meter still remembers
+            # the burst. Halve, like TCP, until the 429s stop.
+            lowered = current * DECREASE_MIN_FACTOR
+        else:
+            succeeded = self.succeeded.per_second() * SUCCESS_MARGIN
+            lowered = max(current * DECREASE_MIN_FACTOR, min(current * SUCCESS_MARGIN, succeeded))
+        if hint_per_s is not None:
+            # The gateway refills no faster than the cost over the precise wait it asked
+            # for: go there at once instead of halving step by step (at most 20x down).
+            lowered = min(lowered, max(hint_per_s, current * HINT_MIN_FACTOR))
+        self._decreased_at = now
         self.rate_per_s = max(lowered, self._min_rate_per_s)
         self._increase_step = max(
             self.rate_per_s * INCREASE_OF_RATE,

@@ -56,6 +56,9 @@ class Reply:
     rate: RateLimitHeaders | None = None
     # The error's `type`: for a 429, "requests" or "tokens" tells which limit was hit.
     error_type: str | None = None
+    # The wait came from `retry-after-ms`: precise enough to infer the refill rate
+    # from (whole-second Retry-After values are rounded up and are not).
+    retry_after_precise: bool = False
 
     @property
     def rate_limited(self) -> bool:
@@ -163,6 +166,7 @@ class GatewayClient:
             retry_after_s=wait_s,
             latency_ms=latency_ms,
             rate=parse_rate_headers(headers),
+            retry_after_precise=wait_s is not None and "retry-after-ms" in headers,
             error_type=None if verdict is Verdict.SUCCESS else _error_fields(body)[1],
         )
 

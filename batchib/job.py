@@ -14,6 +14,7 @@ from batchib.inputs import Request, read_objects, read_requests
 from batchib.results import ResultsFile, ResumeState, load_done
 from batchib.runner import RunOutcome, run_batch
 from batchib.summary import append_ledger, utc_now, write_summary
+from batchib.tokens import tokenizer_available
 from batchib.usage import RunStats, summarise
 from batchib.version import __version__
 
@@ -63,7 +64,16 @@ def build_summary(
             "unreadable_lines": resume.unreadable_lines,
         },
         **summarise(outcome.stats, outcome.wall_time_s),
-    }
+    } | {"token_estimator": _estimator_note()}
+
+
+def _estimator_note() -> str:
+    if tokenizer_available():
+        return "bpe-openai: o200k_base or cl100k_base by model, with the chat overhead"
+    return (
+        "chars/4: the tokenizer extra is not installed (pip install 'batchib[tokenizer]'); "
+        "token limits are enforced from a rough estimate, reconciled with reported usage"
+    )
 
 
 async def run_job(

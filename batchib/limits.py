@@ -166,8 +166,12 @@ class Limits:
                     dimension.apply_rate()
         elif reply.rate_limited:
             self._correct_tokens(-ticket.tokens)  # a refused request is not charged
-            dimension = self.tokens if reply.error_type == "tokens" else self.requests
-            if dimension.rate.on_rate_limited(ticket.seq, self._last_seq):
+            tokens_hit = reply.error_type == "tokens"
+            dimension = self.tokens if tokens_hit else self.requests
+            cost = ticket.tokens if tokens_hit else 1
+            wait_s = reply.retry_after_s
+            hint = cost / wait_s if wait_s and reply.retry_after_precise else None
+            if dimension.rate.on_rate_limited(ticket.seq, self._last_seq, hint):
                 dimension.apply_rate()
 
     def _correct_tokens(self, amount: float) -> None:

@@ -31,6 +31,7 @@ from batchib.inputs import InvalidLine, Request
 from batchib.limits import Limits
 from batchib.results import invalid_record, request_record
 from batchib.retry import backoff_s
+from batchib.tokens import max_completion_tokens
 from batchib.usage import RunStats
 
 READ_BATCH = 256  # lines parsed per trip to the reader thread
@@ -186,7 +187,11 @@ class _Pipeline:
                 self.stats.rate_limited += 1
             if reply.verdict is Verdict.SUCCESS:
                 assert reply.body is not None
-                self.stats.add_success(request.model, reply.body)
+                self.stats.add_success(
+                    request.model,
+                    reply.body,
+                    request.token_estimate - (max_completion_tokens(request.body) or 0),
+                )
                 self.stats.latency.add(reply.latency_ms)
                 break
             if reply.verdict is Verdict.STOP_RUN:

@@ -96,6 +96,8 @@ class RunStats:
     attempts: int = 0
     retries: int = 0
     rate_limited: int = 0  # 429 answers, any attempt
+    # Offline estimate of the prompts that got a usage back: compare to usage totals.
+    estimated_prompt_tokens: int = 0
     failures_by_code: Counter[str] = field(default_factory=Counter)
     finish_reasons: Counter[str] = field(default_factory=Counter)
     total: TokenUsage = field(default_factory=TokenUsage)
@@ -112,10 +114,13 @@ class RunStats:
         """Requests taken from the input that got no result (stopped or interrupted)."""
         return self.queued - self.finished
 
-    def add_success(self, requested_model: str, body: dict[str, Any]) -> None:
+    def add_success(
+        self, requested_model: str, body: dict[str, Any], prompt_estimate: int = 0
+    ) -> None:
         self.succeeded += 1
         usage = body.get("usage")
         if isinstance(usage, dict):
+            self.estimated_prompt_tokens += prompt_estimate
             served = body.get("model")
             served_model = served if isinstance(served, str) else "(unknown)"
             self.total.add(usage)
@@ -160,6 +165,10 @@ def summarise(stats: RunStats, wall_time_s: float) -> dict[str, Any]:
                 k: v.as_dict() for k, v in sorted(stats.by_requested_model.items())
             },
             "by_served_model": {k: v.as_dict() for k, v in sorted(stats.by_served_model.items())},
+        },
+        "token_estimate": {
+            "prompt_tokens_estimated": stats.estimated_prompt_tokens,
+            "prompt_tokens_reported": stats.total.prompt_tokens,
         },
         "finish_reasons": dict(stats.finish_reasons.most_common()),
         "latency_ms": stats.latency.as_dict(),

@@ -323,3 +323,21 @@ def test_success_before_any_decrease_leaves_the_rate_alone(ceiling: float | None
 
     assert rate.rate_per_s == ceiling
     assert rate.succeeded.per_second() == 2.5  # still recorded
+
+
+def test_429s_soon_after_a_decrease_halve_the_rate_until_they_stop() -> None:
+    clock = FakeClock(0.0)
+    rate = AdaptiveRate(None, clock)
+    rate.sent.add(2000)  # 1000/s over the 2 s window
+    rate.succeeded.add(1800)  # 900/s
+
+    assert rate.on_rate_limited(seq=0, last_seq=10)
+    assert rate.rate_per_s == pytest.approx(855.0)  # gentle: 0.95 x what succeeded
+
+    clock.now = 0.5  # still inside the window: the meter remembers the burst
+    assert rate.on_rate_limited(seq=11, last_seq=20)
+    assert rate.rate_per_s == pytest.approx(427.5)
+
+    clock.now = 3.0  # a calm 2.5 s later: judged by what succeeded again (nothing: halve)
+    assert rate.on_rate_limited(seq=21, last_seq=30)
+    assert rate.rate_per_s == pytest.approx(213.75)
