@@ -103,7 +103,7 @@ def _fault_rate(flag: str, outcome: str) -> Callable[[_FC], _FC]:
     "--revoke-after",
     type=click.IntRange(min=0),
     metavar="N",
-    help="Answer 401 to every request of a key after its first N.",
+    help="Revoke the first key seen after its first N requests (401); other keys stay valid.",
 )
 @click.option(
     "--log",

@@ -35,8 +35,9 @@ class FaultRates:
         hang: wait ``hang_s`` before answering (past any sane client timeout).
         truncate: answer 200 with the first half of the body (not valid JSON).
         quota: answer 429 ``insufficient_quota``.
-        revoke_after: after this many accepted completions requests with one key, every
-            further request with that key gets 401 (a key revoked mid-run); None never.
+        revoke_after: after this many accepted completions requests with the first key
+            the gateway sees, every further request with that key gets 401 (a key revoked
+            mid-run; other keys stay valid, for the rerun); None never.
         hang_s: how long a hung request waits before it answers.
     """
 
