@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench fmt clean
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+.PHONY: demo test bench bench-core bench-limits fmt clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +38,20 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-# Throughput and memory of the real CLI against the simulator (a few minutes at most).
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# Every benchmark; writes bench/results-*.json. About 15 minutes on 2 cores.
+bench: bench-core bench-limits
+
+# Throughput and memory of the real CLI against the simulator (a few minutes).
+bench-core: $(STAMP)
 	$(BIN)/python bench/core.py --rss-lines 20000,200000,1000000
+
+# Rate limits and faults, batchib vs the OpenAI SDK, judged from the simulator's log.
+bench-limits: $(BENCH_STAMP)
+	$(BIN)/python bench/limits.py
 
 fmt: $(STAMP)
 	$(BIN)/ruff format batchib tests

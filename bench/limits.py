@@ -300,12 +300,17 @@ def main() -> None:
     parser.add_argument("--only", default="1,2,3,4,5")
     parser.add_argument("--no-sdk", action="store_true")
     args = parser.parse_args()
+    out = ROOT / "bench" / "results-limits.json"
+    # Scenarios run with --only are merged into the previous results of the same size.
+    previous = json.loads(out.read_text()) if out.exists() else {}
     results: dict[str, Any] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
         "requests": args.requests,
         "limits": {"rpm": RPM, "tpm": TPM},
-        "scenarios": {},
+        "scenarios": previous.get("scenarios", {})
+        if previous.get("requests") == args.requests
+        else {},
     }
     with tempfile.TemporaryDirectory() as temp:
         workdir = Path(temp)
@@ -316,8 +321,7 @@ def main() -> None:
                 number, workdir, args.requests, not args.no_sdk
             )
             print(json.dumps(results["scenarios"][str(number)], indent=1), flush=True)
-    out = ROOT / "bench" / "results-limits.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
+            out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written: {out}")
 
 

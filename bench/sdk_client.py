@@ -31,6 +31,10 @@ async def main() -> int:
                 results.append({"custom_id": line["id"], "ok": True})
             except openai.APIError as exc:
                 results.append({"custom_id": line["id"], "ok": False, "error": type(exc).__name__})
+            except ValueError as exc:
+                # A truncated 200 body escapes the SDK as json.JSONDecodeError, not as an
+                # APIError: a script catching APIError alone loses the whole batch here.
+                results.append({"custom_id": line["id"], "ok": False, "error": type(exc).__name__})
 
     await asyncio.gather(*(one(line) for line in lines))
     with open(target, "w") as stream:

@@ -49,14 +49,17 @@ class RequestLog:
         self._file = self.path.open("ab")
 
     def write(self, entry: LogEntry) -> None:
-        """Append ``entry`` as one line in one write, flushed so readers see it at once."""
+        """Append ``entry`` as one line in one write, flushed so readers see it at once.
+
+        After close (shutdown cancelling hung handlers) the entry is dropped: those
+        requests got no answer, and the log has already been handed over."""
         if self._file is None:
-            raise RuntimeError("the request log is not open")
+            return
         self._file.write(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
         self._file.flush()
 
     def close(self) -> None:
-        """Close the file; further writes fail."""
+        """Close the file; further writes are dropped."""
         if self._file is not None:
             self._file.close()
             self._file = None
