@@ -11,7 +11,8 @@ from batchib.config import Job, RequestDefaults, RunSettings
 from batchib.control import RunControl
 from batchib.idstore import IdStore
 from batchib.inputs import Request, read_objects, read_requests
-from batchib.results import ResultsFile, ResumeState, load_done
+from batchib.results import ResumeState, load_done
+from batchib.resultsfile import ResultsFile, set_aside_torn_tail, torn_path
 from batchib.runner import RunOutcome, run_batch
 from batchib.summary import append_ledger, utc_now, write_summary
 from batchib.tokens import tokenizer_available
@@ -87,6 +88,7 @@ async def run_job(
     ids = IdStore()
     try:
         # Reading the previous results happens before any request; it is local I/O.
+        torn_bytes = 0 if job.overwrite else set_aside_torn_tail(job.output)
         resume = ResumeState(0, 0) if job.overwrite else load_done(job.output, ids)
         results = ResultsFile(job.output, overwrite=job.overwrite)
         try:
@@ -103,6 +105,9 @@ async def run_job(
     finally:
         ids.close()
     summary = build_summary(job, outcome, resume, started_at)
+    if torn_bytes:
+        summary["resume"]["torn_bytes_set_aside"] = torn_bytes
+        summary["resume"]["torn_file"] = str(torn_path(job.output))
     write_summary(job.summary_path, summary)
     if job.usage_log is not None:
         append_ledger(job.usage_log, summary)

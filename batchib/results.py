@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 
 from batchib.client import Reply, Verdict
-from batchib.errors import OutputError
 from batchib.idstore import IdStore
 from batchib.inputs import InvalidLine, Request
 
@@ -121,46 +120,3 @@ def load_done(path: Path, ids: IdStore) -> ResumeState:
             if isinstance(custom_id, str) and isinstance(body_hash, str):
                 ids.mark_done(custom_id, body_hash)
     return ResumeState(ids.done_count(), unreadable)
-
-
-class ResultsFile:
-    """Append-only writer: one `write` system call per record, so a crash can tear at
-    most the last line, and nothing sits in a user-space buffer."""
-
-    def __init__(self, path: Path, *, overwrite: bool = False) -> None:
-        self.path = path
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if overwrite else 0)
-        try:
-            self._fd = os.open(path, flags, 0o666)
-            # A previous run killed mid-line left no newline: start on a fresh line so
-            # the torn record stays one unreadable line instead of spoiling ours.
-            size = os.fstat(self._fd).st_size
-            if size and _last_byte(path) != b"\n":
-                self._write_all(b"\n")
-        except OSError as exc:
-            raise OutputError(f"cannot open {path} for writing: {exc.strerror}") from exc
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._write_all(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(self._fd, view) :]
-        except OSError as exc:
-            raise OutputError(f"cannot write {self.path}: {exc.strerror}") from exc
-
-    def close(self) -> None:
-        try:
-            os.fsync(self._fd)
-        except OSError as exc:
-            raise OutputError(f"cannot flush {self.path}: {exc.strerror}") from exc
-        finally:
-            os.close(self._fd)
-
-
-def _last_byte(path: Path) -> bytes:
-    with open(path, "rb") as stream:
-        stream.seek(-1, os.SEEK_END)
-        return stream.read(1)

@@ -141,11 +141,15 @@ def test_torn_last_line_does_not_break_the_rerun(
     assert rerun.status == 0, rerun.stderr
     assert len(gateway.requests) == 1
     after = output.read_bytes().splitlines()
-    assert after[: len(lines)] == [line.rstrip(b"\n") for line in lines[:-1]] + [torn]
-    new_records = [json.loads(line) for line in after[len(lines) :]]
+    # The torn fragment is set aside, not dropped; every line left is a whole record.
+    assert (tmp_path / "out.jsonl.torn").read_bytes() == torn + b"\n"
+    assert after[: len(lines) - 1] == [line.rstrip(b"\n") for line in lines[:-1]]
+    new_records = [json.loads(line) for line in after[len(lines) - 1 :]]
     assert [r["custom_id"] for r in new_records] == [torn_id]
     assert new_records[0]["batchib"]["status"] == "succeeded"
     assert rerun.summary()["resume"] == {
         "previously_done": len(lines) - 1,
-        "unreadable_lines": 1,
+        "unreadable_lines": 0,
+        "torn_bytes_set_aside": len(torn),
+        "torn_file": "out.jsonl.torn",
     }

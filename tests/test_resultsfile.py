@@ -1,0 +1,142 @@
+"""The results file on disk: torn tails set aside, group commit, permissions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+from batchib import resultsfile
+from batchib.resultsfile import ResultsFile, private_mode, set_aside_torn_tail, torn_path
+
+
+@pytest.mark.parametrize(
+    ("content", "kept", "set_aside"),
+    [
+        pytest.param(b"", b"", None, id="empty"),
+        pytest.param(b'{"a":1}\n{"b":2}\n', b'{"a":1}\n{"b":2}\n', None, id="clean"),
+        pytest.param(b'{"a":1}\n{"b":', b'{"a":1}\n', b'{"b":', id="torn-last-line"),
+        pytest.param(b'{"a":', b"", b'{"a":', id="only-a-torn-line"),
+        pytest.param(
+            b'{"a":1}\n' + b"x" * 200_000,
+            b'{"a":1}\n',
+            b"x" * 200_000,
+            id="torn-line-longer-than-a-block",
+        ),
+    ],
+)
+def test_torn_tail_is_moved_aside_and_whole_lines_stay(
+    tmp_path: Path, content: bytes, kept: bytes, set_aside: bytes | None
+) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(content)
+
+    moved = set_aside_torn_tail(path)
+
+    assert path.read_bytes() == kept
+    assert moved == (len(set_aside) if set_aside else 0)
+    if set_aside is None:
+        assert not torn_path(path).exists()
+    else:
+        assert torn_path(path).read_bytes() == set_aside + b"\n"
+
+
+def test_torn_tails_of_several_crashes_accumulate(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b'{"a":1}\n{"b"')
+    set_aside_torn_tail(path)
+    path.write_bytes(path.read_bytes() + b'{"c"')
+    set_aside_torn_tail(path)
+
+    assert torn_path(path).read_bytes() == b'{"b"\n{"c"\n'
+
+
+def test_missing_file_has_nothing_to_set_aside(tmp_path: Path) -> None:
+    assert set_aside_torn_tail(tmp_path / "none.jsonl") == 0
+
+
+@pytest.mark.parametrize(
+    ("dir_mode", "file_mode"),
+    [
+        (0o700, 0o600),
+        (0o750, 0o640),
+        (0o770, 0o660),
+        (0o755, 0o644),
+        (0o777, 0o666),
+        (0o711, 0o644),  # x without r still lets a known name be opened
+    ],
+)
+def test_files_grant_no_class_more_than_the_directory(
+    tmp_path: Path, dir_mode: int, file_mode: int
+) -> None:
+    directory = tmp_path / "d"
+    directory.mkdir()
+    directory.chmod(dir_mode)
+
+    assert private_mode(directory) == file_mode
+
+
+def test_results_file_is_created_with_the_directory_private_mode(tmp_path: Path) -> None:
+    directory = tmp_path / "private"
+    directory.mkdir()
+    directory.chmod(0o700)
+    results = ResultsFile(directory / "out.jsonl")
+    results.close()
+
+    assert (directory / "out.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+def test_records_are_synced_in_groups_and_always_on_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(resultsfile.os, "fsync", lambda fd: synced.append(fd))
+    monkeypatch.setattr(resultsfile, "FSYNC_EVERY_LINES", 3)
+    monkeypatch.setattr(resultsfile, "FSYNC_INTERVAL_S", 3600.0)
+    path = tmp_path / "out.jsonl"
+    results = ResultsFile(path)
+
+    for i in range(7):
+        results.write({"i": i})
+    assert len(synced) == 2  # after lines 3 and 6
+    results.close()
+
+    assert len(synced) == 3
+    assert [orjson.loads(line)["i"] for line in path.read_bytes().splitlines()] == list(range(7))
+
+
+def test_a_quiet_spell_syncs_the_last_lines_without_another_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(resultsfile.os, "fsync", lambda fd: synced.append(fd))
+    monkeypatch.setattr(resultsfile, "FSYNC_INTERVAL_S", 0.01)
+
+    async def scenario() -> None:
+        results = ResultsFile(tmp_path / "out.jsonl")
+        results.write({"i": 0})  # the interval has not passed: a timer is set
+        assert synced == []
+        await asyncio.sleep(0.05)
+        assert len(synced) == 1
+        results.close()
+
+    asyncio.run(scenario())
+
+
+def test_each_record_is_one_write_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def spy(fd: int, data: bytes | memoryview) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(resultsfile.os, "write", spy)
+    results = ResultsFile(tmp_path / "out.jsonl")
+    results.write({"custom_id": "a", "text": "x" * 10_000})
+    results.close()
+
+    assert len(writes) == 1 and writes[0].endswith(b"}\n")
