@@ -16,8 +16,15 @@ import click
 import orjson
 
 from batchib.config import DEFAULT_BASE_URL, ApiKey, Job, RequestDefaults, RunSettings
-from batchib.control import EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_TERMINATED, RunControl
+from batchib.control import (
+    EXIT_ABORTED,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_TERMINATED,
+    RunControl,
+)
 from batchib.errors import BatchibError, ConfigError
+from batchib.lock import LockedError, OutputLock
 from batchib.version import __version__
 
 KEY_VARIABLES = ("BATCHIB_API_KEY", "INFINITYBLUE_API_KEY", "OPENAI_API_KEY")
@@ -188,6 +195,16 @@ def main() -> None:
     default=None,
     help="Progress bar on stderr [default: when stderr is a terminal].",
 )
+@click.option(
+    "--wait-lock",
+    is_flag=True,
+    help="If another run is writing OUTPUT, wait for it instead of exiting with 75.",
+)
+@click.option(
+    "--allow-insecure",
+    is_flag=True,
+    help="Allow sending the key over plain http to a host that is not loopback.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No summary table on stderr.")
 def run(
     inputs: tuple[str, ...],
@@ -212,12 +229,15 @@ def run(
     breaker_min_duration_s: float,
     grace_s: float,
     progress: bool | None,
+    wait_lock: bool,
+    allow_insecure: bool,
     quiet: bool,
 ) -> None:
     """Send every request in the INPUT JSONL files ('-' for stdin); write results to OUTPUT.
 
     Exit status: 0 all succeeded, 1 aborted, 2 usage error, 3 some failed,
-    130/143 interrupted. Interrupted and aborted runs resume when rerun.
+    75 another run holds OUTPUT, 130/143 interrupted. Interrupted and aborted runs
+    resume when rerun.
     """
     with _usage_errors():
         defaults = RequestDefaults(
@@ -244,6 +264,7 @@ def run(
             breaker_window=breaker_window,
             breaker_min_duration_s=breaker_min_duration_s,
             grace_s=grace_s,
+            allow_insecure=allow_insecure,
         )
         job = Job(
             inputs=inputs,
@@ -259,7 +280,11 @@ def run(
             _fail(f"input {name} does not exist or is not a file")
     show_progress = sys.stderr.isatty() if progress is None else progress
     try:
-        result = asyncio.run(_run(job, show_progress))
+        # Taken before the event loop starts, so that Ctrl-C while waiting just works.
+        with OutputLock(job.output, wait=wait_lock):
+            result = asyncio.run(_run(job, show_progress))
+    except LockedError as exc:
+        _fail(str(exc), EXIT_LOCKED)
     except BatchibError as exc:
         _fail(str(exc))
     if result.get("stop"):

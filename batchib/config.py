@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,15 @@ class ApiKey:
         return "ApiKey('***')"
 
     __str__ = __repr__
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -82,12 +92,20 @@ class RunSettings:
     # server side (0 turns it off), lasting at least this long for transient errors.
     breaker_window: int = 50
     breaker_min_duration_s: float = 60.0
+    # Plain http is allowed only to loopback unless the user says otherwise: the key
+    # travels in a header.
+    allow_insecure: bool = False
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"--base-url must be an http(s) URL, got {self.base_url!r}")
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if parts.scheme == "http" and not _is_loopback(parts.hostname) and not self.allow_insecure:
+            raise ConfigError(
+                f"refusing to send the API key over plain http to {parts.hostname}: "
+                "use https, or pass --allow-insecure if this network is trusted"
+            )
         if self.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
         if self.max_attempts < 1:

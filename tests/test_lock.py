@@ -1,0 +1,144 @@
+"""One run per output file: a second run exits 75 at once (or waits with --wait-lock),
+and a lock left by a killed run never blocks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from batchib.config import ApiKey, RunSettings
+from batchib.errors import ConfigError
+from batchib.lock import LockedError, OutputLock
+from tests.conftest import ENV_TO_CLEAR, CliRun
+from tests.test_signals import CountingGateway, write_prompts
+
+
+def start_cli(tmp_path: Path, url: str, key: str, *extra: str) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_TO_CLEAR}
+    env["BATCHIB_API_KEY"] = key
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "batchib", "run", "in.jsonl", "-o", "out.jsonl"),
+            *("--model", "gpt-5.4", "--base-url", url, "-c", "2", *extra),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_a_second_lock_on_the_same_output_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    # A separate open file description conflicts even within one process.
+    with (
+        OutputLock(output),
+        pytest.raises(LockedError, match=f"pid {os.getpid()}"),
+        OutputLock(output),
+    ):
+        pass
+    with OutputLock(output):  # released on exit: free again
+        pass
+
+
+def test_two_concurrent_runs_on_one_output_exactly_one_proceeds(
+    tmp_path: Path,
+    start_app: Callable[[web.Application], str],
+    run_batchib: Callable[..., CliRun],
+    api_key: str,
+) -> None:
+    write_prompts(tmp_path / "in.jsonl")
+    gateway = CountingGateway(latency_ms=200, wake_at=1)
+    url = start_app(gateway.app)
+    first = start_cli(tmp_path, url, api_key)
+    assert gateway.reached.wait(timeout=30)
+
+    second = run_batchib("in.jsonl", "-o", "out.jsonl", "--model", "gpt-5.4", "--base-url", url)
+
+    assert second.status == 75, second.stderr
+    assert f"pid {first.pid}" in second.stderr
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=30)
+    assert first.returncode == 130
+
+
+def test_wait_lock_waits_for_the_holder_then_runs(
+    tmp_path: Path,
+    start_app: Callable[[web.Application], str],
+    api_key: str,
+) -> None:
+    write_prompts(tmp_path / "in.jsonl")
+    gateway = CountingGateway(latency_ms=20, wake_at=1)
+    url = start_app(gateway.app)
+    first = start_cli(tmp_path, url, api_key)
+    assert gateway.reached.wait(timeout=30)
+    second = start_cli(tmp_path, url, api_key, "--wait-lock")
+
+    first.communicate(timeout=60)
+    _, stderr = second.communicate(timeout=60)
+
+    assert first.returncode == 0
+    assert second.returncode == 0, stderr.decode()
+    # The second run started after the first finished: everything was already done.
+    assert b"100 already done" in stderr
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block(
+    tmp_path: Path,
+    start_app: Callable[[web.Application], str],
+    run_batchib: Callable[..., CliRun],
+    api_key: str,
+) -> None:
+    write_prompts(tmp_path / "in.jsonl")
+    gateway = CountingGateway(latency_ms=200, wake_at=1)
+    url = start_app(gateway.app)
+    first = start_cli(tmp_path, url, api_key)
+    assert gateway.reached.wait(timeout=30)
+    first.kill()
+    first.communicate(timeout=30)
+    assert (tmp_path / "out.jsonl.lock").exists()
+
+    rerun = run_batchib("in.jsonl", "-o", "out.jsonl", "--model", "gpt-5.4", "--base-url", url)
+
+    assert rerun.status == 0, rerun.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://api.example.com/v1", True),
+        ("http://127.0.0.1:8000/v1", True),
+        ("http://127.5.0.1/v1", True),
+        ("http://localhost:8000/v1", True),
+        ("http://[::1]:8000/v1", True),
+        ("http://api.example.com/v1", False),
+        ("http://10.0.0.5/v1", False),
+    ],
+)
+def test_plain_http_is_refused_beyond_loopback(url: str, allowed: bool) -> None:
+    key = ApiKey("sk-test-insecure-0000")
+    if allowed:
+        RunSettings(api_key=key, base_url=url)
+    else:
+        with pytest.raises(ConfigError, match="plain http"):
+            RunSettings(api_key=key, base_url=url)
+        RunSettings(api_key=key, base_url=url, allow_insecure=True)
+
+
+def test_insecure_base_url_is_a_usage_error_before_anything_is_sent(
+    tmp_path: Path, run_batchib: Callable[..., CliRun]
+) -> None:
+    write_prompts(tmp_path / "in.jsonl")
+
+    run = run_batchib("in.jsonl", "-o", "out.jsonl", "--base-url", "http://example.com/v1")
+
+    assert run.status == 2
+    assert "plain http" in run.stderr
+    assert not (tmp_path / "out.jsonl").exists()
