@@ -20,6 +20,7 @@ from batchib.control import (
     EXIT_ABORTED,
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
+    EXIT_SOME_FAILED,
     EXIT_TERMINATED,
     RunControl,
 )
@@ -338,6 +339,68 @@ def _progress(job: Job, show: bool) -> Iterator[Any]:
 
     with ProgressBar(count_items(job.inputs)) as bar:
         yield bar
+
+
+@main.command()
+@click.argument(
+    "output", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="OUTPUT"
+)
+@click.option("--wait-lock", is_flag=True, help="Wait if a run is writing OUTPUT.")
+def compact(output: Path, wait_lock: bool) -> None:
+    """Rewrite OUTPUT to one line per custom_id: the latest success, else the latest
+    failure. Atomic: a crash leaves the old file or the new, never half of one."""
+    from batchib.compact import compact as compact_file
+
+    try:
+        with OutputLock(output, wait=wait_lock):
+            done = compact_file(output)
+    except LockedError as exc:
+        _fail(str(exc), EXIT_LOCKED)
+    except BatchibError as exc:
+        _fail(str(exc))
+    aside = f", {done.set_aside} unreadable set aside in {output}.torn" if done.set_aside else ""
+    click.echo(
+        f"batchib: {output}: {done.lines_before} lines -> {done.lines_after}{aside}", err=True
+    )
+
+
+@main.command()
+@click.argument(
+    "outputs",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="OUTPUT...",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def report(outputs: tuple[Path, ...], as_json: bool) -> None:
+    """Recompute one summary from results files (a crashed run's, or a job's shards).
+
+    Each custom_id counts once (its latest success, else its latest failure); usage
+    counts every successful line, since each was paid for. Exit status 0 when every
+    request succeeded, 3 otherwise.
+    """
+    from batchib.report import report as make_report
+
+    try:
+        result = make_report(outputs)
+    except OSError as exc:
+        _fail(f"cannot read the results: {exc}")
+    if as_json:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        counts, usage = result["counts"], result["usage"]["total"]
+        click.echo(
+            f"{counts['requests']} requests: {counts['succeeded']} succeeded, "
+            f"{counts['failed']} failed, {counts['invalid_lines']} invalid lines; "
+            f"{counts['successful_lines_paid']} successful answers paid for, "
+            f"{usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens"
+        )
+        for model, figures in result["usage"]["by_served_model"].items():
+            click.echo(
+                f"  {model:<32} {figures['requests']:>8} req {figures['total_tokens']:>12} tokens"
+            )
+    sys.exit(0 if result["status"] == "complete" else EXIT_SOME_FAILED)
 
 
 def _add_simulate() -> None:

@@ -1,0 +1,134 @@
+"""`batchib compact` and `batchib report` on results files written by real runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from batchib.compact import compact
+from batchib.report import report
+from tests.conftest import CliRun, RecordingGateway, read_jsonl
+
+
+def record(custom_id: str, ok: bool, tokens: int = 10, **own: Any) -> dict[str, Any]:
+    body = {
+        "model": "served-1",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {}}],
+        "usage": {"prompt_tokens": tokens, "completion_tokens": 1, "total_tokens": tokens + 1},
+    }
+    return {
+        "id": "batch_req_x",
+        "custom_id": custom_id,
+        "response": {"status_code": 200 if ok else 500, "request_id": "r", "body": body}
+        if ok
+        else {"status_code": 500, "request_id": "r", "body": {"error": {"code": "server_error"}}},
+        "error": None,
+        "batchib": {
+            "status": "succeeded" if ok else "failed",
+            "error_code": None if ok else "server_error",
+            "attempts": 1,
+            "requested_model": "alias",
+            "latency_ms": 5.0,
+            **own,
+        },
+    }
+
+
+def write(path: Path, *lines: dict[str, Any] | bytes) -> Path:
+    path.write_bytes(
+        b"".join(
+            line if isinstance(line, bytes) else json.dumps(line).encode() + b"\n" for line in lines
+        )
+    )
+    return path
+
+
+def test_compact_keeps_the_latest_success_else_the_latest_failure(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "out.jsonl",
+        record("a", False),
+        record("a", True, tokens=1),
+        record("b", False, attempts=1),
+        record("a", True, tokens=2),
+        record("a", False),
+        record("b", False, attempts=2),
+        b"not a record\n",
+        record("c", True),
+    )
+
+    done = compact(path)
+
+    kept = read_jsonl(path)
+    assert [(r["custom_id"], r["batchib"]["status"]) for r in kept] == [
+        ("a", "succeeded"),
+        ("b", "failed"),
+        ("c", "succeeded"),
+    ]
+    assert kept[0]["response"]["body"]["usage"]["prompt_tokens"] == 2  # the latest success
+    assert kept[1]["batchib"]["attempts"] == 2  # the latest failure
+    assert (done.lines_before, done.lines_after, done.set_aside) == (8, 3, 1)
+    assert (tmp_path / "out.jsonl.torn").read_bytes() == b"not a record\n"
+
+
+def test_compacting_twice_changes_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path / "out.jsonl", record("a", True), record("a", True), record("b", False))
+    compact(path)
+    once = path.read_bytes()
+    compact(path)
+
+    assert path.read_bytes() == once
+
+
+def test_report_counts_outcomes_once_and_every_paid_answer(tmp_path: Path) -> None:
+    shard_1 = write(tmp_path / "s1.jsonl", record("a", False), record("a", True, tokens=3))
+    shard_2 = write(
+        tmp_path / "s2.jsonl",
+        record("b", True, tokens=4),
+        record("b", True, tokens=5),  # an edited line answered again: paid twice
+        record("c", False),
+    )
+
+    summary = report([shard_1, shard_2])
+
+    assert summary["counts"] == {
+        "lines": 5,
+        "unreadable_lines": 0,
+        "requests": 3,
+        "succeeded": 2,
+        "failed": 1,
+        "invalid_lines": 0,
+        "successful_lines_paid": 3,
+    }
+    assert summary["usage"]["total"]["prompt_tokens"] == 12
+    assert summary["usage"]["by_requested_model"]["alias"]["requests"] == 3
+    assert summary["failures_by_code"] == {"server_error": 1}
+    assert summary["status"] == "has_failures"
+
+
+def test_report_of_a_finished_run_agrees_with_its_summary(
+    tmp_path: Path,
+    sample: Callable[[str], Path],
+    run_batchib: Callable[..., CliRun],
+    start_recording_simulator: Callable[..., RecordingGateway],
+) -> None:
+    gateway = start_recording_simulator()
+    run = run_batchib(sample("batch_api.jsonl"), "-o", "out.jsonl", "--base-url", gateway.url)
+    assert run.status == 0, run.stderr
+    summary = run.summary()
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "batchib", "report", "--json", "out.jsonl"],
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    recomputed = json.loads(completed.stdout)
+    assert recomputed["usage"] == summary["usage"]
+    assert recomputed["finish_reasons"] == summary["finish_reasons"]
+    assert recomputed["counts"]["succeeded"] == summary["counts"]["succeeded"]
