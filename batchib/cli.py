@@ -105,6 +105,12 @@ def main() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append the summary as one JSON line to this ledger.",
 )
+@click.option(
+    "--compact",
+    "compact_output",
+    is_flag=True,
+    help="At the end, rewrite OUTPUT to one line per custom_id (see `batchib compact`).",
+)
 @click.option("--overwrite", is_flag=True, help="Start afresh: truncate OUTPUT, send everything.")
 @click.option("--model", help="Model for lines that name none.")
 @click.option("--system", help="System message for lines that have none.")
@@ -212,6 +218,7 @@ def run(
     output: Path,
     summary: Path | None,
     usage_log: Path | None,
+    compact_output: bool,
     overwrite: bool,
     model: str | None,
     system: str | None,
@@ -273,6 +280,7 @@ def run(
             summary=summary,
             usage_log=usage_log,
             overwrite=overwrite,
+            compact=compact_output,
             defaults=defaults,
             settings=settings,
         )

@@ -143,6 +143,7 @@ class Job:
     summary: Path | None = None  # default: OUTPUT + ".summary.json"
     usage_log: Path | None = None
     overwrite: bool = False
+    compact: bool = False  # rewrite OUTPUT to one line per custom_id at the end
 
     def __post_init__(self) -> None:
         if not self.inputs:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from batchib.compact import compact
 from batchib.config import Job, RequestDefaults, RunSettings
 from batchib.control import RunControl
 from batchib.idstore import IdStore
@@ -104,6 +105,8 @@ async def run_job(
             results.close()
     finally:
         ids.close()
+    if job.compact:
+        compact(job.output)
     summary = build_summary(job, outcome, resume, started_at)
     if torn_bytes:
         summary["resume"]["torn_bytes_set_aside"] = torn_bytes

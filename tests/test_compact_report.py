@@ -132,3 +132,24 @@ def test_report_of_a_finished_run_agrees_with_its_summary(
     assert recomputed["usage"] == summary["usage"]
     assert recomputed["finish_reasons"] == summary["finish_reasons"]
     assert recomputed["counts"]["succeeded"] == summary["counts"]["succeeded"]
+
+
+def test_run_with_compact_leaves_one_line_per_id(
+    tmp_path: Path,
+    sample: Callable[[str], Path],
+    run_batchib: Callable[..., CliRun],
+    start_recording_simulator: Callable[..., RecordingGateway],
+) -> None:
+    gateway = start_recording_simulator()
+    source = sample("batch_api.jsonl")
+    args = (source, "-o", "out.jsonl", "--base-url", gateway.url)
+    assert run_batchib(*args).status == 0
+    lines = source.read_text().splitlines()
+    lines[0] = lines[0].replace("Summarise", "Summarize")  # edited: sent again
+    source.write_text("\n".join(lines) + "\n")
+
+    rerun = run_batchib(*args, "--compact")
+
+    assert rerun.status == 0, rerun.stderr
+    ids = [r["custom_id"] for r in read_jsonl(tmp_path / "out.jsonl")]
+    assert sorted(ids) == sorted(json.loads(line)["custom_id"] for line in lines)
