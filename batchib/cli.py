@@ -64,6 +64,15 @@ def read_api_key(key_file: Path | None) -> ApiKey:
     )
 
 
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    index, sep, count = value.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise click.BadParameter(f"{value!r} is not I/N with 1 <= I <= N", param_hint="--shard")
+    return int(index), int(count)
+
+
 def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for pair in pairs:
@@ -110,6 +119,13 @@ def main() -> None:
     "compact_output",
     is_flag=True,
     help="At the end, rewrite OUTPUT to one line per custom_id (see `batchib compact`).",
+)
+@click.option(
+    "--shard",
+    callback=lambda ctx, param, value: _parse_shard(value),
+    metavar="I/N",
+    help="Process only the requests whose custom_id hashes to shard I of N (1..N), "
+    "so N machines can split one input; `batchib report` merges their outputs.",
 )
 @click.option("--overwrite", is_flag=True, help="Start afresh: truncate OUTPUT, send everything.")
 @click.option("--model", help="Model for lines that name none.")
@@ -219,6 +235,7 @@ def run(
     summary: Path | None,
     usage_log: Path | None,
     compact_output: bool,
+    shard: tuple[int, int] | None,
     overwrite: bool,
     model: str | None,
     system: str | None,
@@ -281,6 +298,7 @@ def run(
             usage_log=usage_log,
             overwrite=overwrite,
             compact=compact_output,
+            shard=shard,
             defaults=defaults,
             settings=settings,
         )

@@ -144,12 +144,17 @@ class Job:
     usage_log: Path | None = None
     overwrite: bool = False
     compact: bool = False  # rewrite OUTPUT to one line per custom_id at the end
+    shard: tuple[int, int] | None = None  # (index 1..count, count): this part only
 
     def __post_init__(self) -> None:
         if not self.inputs:
             raise ConfigError("no input files")
         if self.inputs.count("-") > 1:
             raise ConfigError("stdin ('-') can be read only once")
+        if self.shard is not None:
+            index, count = self.shard
+            if not 1 <= index <= count:
+                raise ConfigError(f"--shard {index}/{count}: I must be between 1 and N")
         output = self.output.resolve()
         for name in self.inputs:
             if name != "-" and Path(name).resolve() == output:

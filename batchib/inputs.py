@@ -346,6 +346,20 @@ def reject_duplicates(
         yield item
 
 
+def shard_of(custom_id: str, count: int) -> int:
+    """The shard (1..count) a custom_id belongs to: stable across machines and runs."""
+    digest = hashlib.sha256(custom_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count + 1
+
+
+def in_shard(
+    items: Iterable[Request | InvalidLine], index: int, count: int
+) -> Iterator[Request | InvalidLine]:
+    """Only the items of shard `index` of `count` (every machine reads the whole input,
+    so duplicate ids are still found, and each line lands in exactly one shard)."""
+    return (item for item in items if shard_of(item.custom_id, count) == index)
+
+
 def count_items(paths: Iterable[str]) -> int | None:
     """Number of non-blank lines in the inputs (a progress total), or None for stdin."""
     paths = list(paths)

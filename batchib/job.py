@@ -11,7 +11,7 @@ from batchib.compact import compact
 from batchib.config import Job, RequestDefaults, RunSettings
 from batchib.control import RunControl
 from batchib.idstore import IdStore
-from batchib.inputs import Request, read_objects, read_requests
+from batchib.inputs import Request, in_shard, read_objects, read_requests
 from batchib.results import ResumeState, load_done
 from batchib.resultsfile import ResultsFile, set_aside_torn_tail, torn_path
 from batchib.runner import RunOutcome, run_batch
@@ -59,6 +59,7 @@ def build_summary(
             "timeout_s": settings.timeout_s,
             "connect_timeout_s": settings.connect_timeout_s,
             "circuit_breaker_window": settings.breaker_window,
+            "shard": None if job.shard is None else "{}/{}".format(*job.shard),
         },
         "limits_at_end": outcome.limits,
         "resume": {
@@ -93,8 +94,11 @@ async def run_job(
         resume = ResumeState(0, 0) if job.overwrite else load_done(job.output, ids)
         results = ResultsFile(job.output, overwrite=job.overwrite)
         try:
+            items = read_requests(job.inputs, job.defaults, ids)
+            if job.shard is not None:
+                items = in_shard(items, *job.shard)
             outcome = await run_batch(
-                read_requests(job.inputs, job.defaults, ids),
+                items,
                 job.settings,
                 results,
                 is_done=lambda request: _is_done(ids, request),

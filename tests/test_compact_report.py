@@ -153,3 +153,37 @@ def test_run_with_compact_leaves_one_line_per_id(
     assert rerun.status == 0, rerun.stderr
     ids = [r["custom_id"] for r in read_jsonl(tmp_path / "out.jsonl")]
     assert sorted(ids) == sorted(json.loads(line)["custom_id"] for line in lines)
+
+
+def test_shards_split_the_input_exactly_and_report_merges_them(
+    tmp_path: Path,
+    sample: Callable[[str], Path],
+    run_batchib: Callable[..., CliRun],
+    start_recording_simulator: Callable[..., RecordingGateway],
+) -> None:
+    gateway = start_recording_simulator()
+    source = sample("prompts.jsonl")
+    common = (source, "--model", "gpt-5.4-mini", "--base-url", gateway.url)
+
+    shards = [run_batchib(*common, "-o", f"part{i}.jsonl", "--shard", f"{i}/3") for i in (1, 2, 3)]
+
+    assert [run.status for run in shards] == [0, 0, 0]
+    ids = [r["custom_id"] for run in shards for r in run.records()]
+    assert sorted(ids) == sorted(json.loads(line)["id"] for line in source.read_text().splitlines())
+    assert all(run.records() for run in shards)  # 60 ids do land in every shard
+    merged = report([tmp_path / f"part{i}.jsonl" for i in (1, 2, 3)])
+    assert merged["counts"]["succeeded"] == 60
+    assert merged["usage"]["total"]["total_tokens"] == sum(
+        run.summary()["usage"]["total"]["total_tokens"] for run in shards
+    )
+
+
+def test_a_bad_shard_is_a_usage_error(
+    sample: Callable[[str], Path], run_batchib: Callable[..., CliRun], closed_port_url: str
+) -> None:
+    run = run_batchib(
+        sample("prompts.jsonl"), "-o", "o.jsonl", "--base-url", closed_port_url, "--shard", "4/3"
+    )
+
+    assert run.status == 2
+    assert "--shard" in run.stderr
