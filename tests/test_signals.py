@@ -131,3 +131,36 @@ def test_a_second_sigint_cancels_requests_in_flight_at_once(
     assert b"stopping now" in stderr
     assert read_jsonl(tmp_path / "out.jsonl") == []
     assert summary(tmp_path)["counts"]["succeeded"] == 0
+
+
+def test_kill_9_loses_nothing_written_and_a_rerun_resends_only_what_was_in_flight(
+    tmp_path: Path,
+    start_app: Callable[[web.Application], str],
+    api_key: str,
+) -> None:
+    write_prompts(tmp_path / "in.jsonl")
+    gateway = CountingGateway(latency_ms=50, wake_at=30)
+    url = start_app(gateway.app)
+    process = start_run(tmp_path, url, api_key)
+    assert gateway.reached.wait(timeout=30)
+    process.kill()
+    process.communicate(timeout=30)
+    # Whatever reached the file is whole records (a torn tail is set aside by the rerun).
+    written = {
+        json.loads(line)["custom_id"]
+        for line in (tmp_path / "out.jsonl").read_bytes().splitlines()
+        if line.endswith(b"}")
+    }
+    sent_first = list(gateway.received)
+
+    rerun = start_run(tmp_path, url, api_key)
+    _, stderr = rerun.communicate(timeout=60)
+
+    assert rerun.returncode == 0, stderr.decode()
+    resent = gateway.received[len(sent_first) :]
+    prompts_written = {f"question {custom_id[1:]}" for custom_id in written}
+    assert not prompts_written & set(resent)  # nothing written is paid for again
+    # Only requests in flight at the kill (at most -c 4) were sent twice.
+    assert len(resent) - (PROMPTS - len(set(sent_first))) <= 4
+    records = read_jsonl(tmp_path / "out.jsonl")
+    assert {r["custom_id"] for r in records} == {f"q{i}" for i in range(PROMPTS)}
