@@ -224,6 +224,11 @@ def main() -> None:
     help="If another run is writing OUTPUT, wait for it instead of exiting with 75.",
 )
 @click.option(
+    "--allow-mixed",
+    is_flag=True,
+    help="Append to OUTPUT even though it was written with other defaults or gateway.",
+)
+@click.option(
     "--allow-insecure",
     is_flag=True,
     help="Allow sending the key over plain http to a host that is not loopback.",
@@ -255,6 +260,7 @@ def run(
     grace_s: float,
     progress: bool | None,
     wait_lock: bool,
+    allow_mixed: bool,
     allow_insecure: bool,
     quiet: bool,
 ) -> None:
@@ -309,6 +315,7 @@ def run(
     try:
         # Taken before the event loop starts, so that Ctrl-C while waiting just works.
         with OutputLock(job.output, wait=wait_lock):
+            _refuse_mixed_results(job, allow_mixed)
             result = asyncio.run(_run(job, show_progress))
     except LockedError as exc:
         _fail(str(exc), EXIT_LOCKED)
@@ -321,6 +328,20 @@ def run(
 
         click.echo(format_table(result), err=True)
     sys.exit(result["exit_status"])
+
+
+def _refuse_mixed_results(job: Job, allow_mixed: bool) -> None:
+    from batchib.job import public_url
+    from batchib.manifest import differences, manifest_path
+
+    changed = differences(job, public_url(job.settings.base_url))
+    if changed and not allow_mixed:
+        raise click.UsageError(
+            f"{job.output} holds results made with other settings "
+            f"({manifest_path(job.output).name}):\n  "
+            + "\n  ".join(changed)
+            + "\nUse another -o, --overwrite to start afresh, or --allow-mixed to add to it."
+        )
 
 
 async def _run(job: Job, show_progress: bool) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from batchib.config import Job, RequestDefaults, RunSettings
 from batchib.control import RunControl
 from batchib.idstore import IdStore
 from batchib.inputs import Request, in_shard, read_objects, read_requests
+from batchib.manifest import write_manifest
 from batchib.results import ResumeState, load_done
 from batchib.resultsfile import ResultsFile, set_aside_torn_tail, torn_path
 from batchib.runner import RunOutcome, run_batch
@@ -21,7 +22,7 @@ from batchib.usage import RunStats, summarise
 from batchib.version import __version__
 
 
-def _public_url(url: str) -> str:
+def public_url(url: str) -> str:
     """The URL without any user:password part."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -50,7 +51,7 @@ def build_summary(
         "inputs": list(job.inputs),
         "output": str(job.output),
         "summary": str(job.summary_path),
-        "base_url": _public_url(settings.base_url),
+        "base_url": public_url(settings.base_url),
         "settings": {
             "concurrency": settings.concurrency,
             "requests_per_minute": settings.requests_per_minute,
@@ -87,6 +88,7 @@ async def run_job(
 ) -> dict[str, Any]:
     """Run `job` to the end (or to a stop) and return the summary it wrote."""
     started_at = utc_now()
+    write_manifest(job, public_url(job.settings.base_url))
     ids = IdStore()
     try:
         # Reading the previous results happens before any request; it is local I/O.

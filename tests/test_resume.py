@@ -87,7 +87,10 @@ def test_failed_requests_are_sent_again_on_rerun(tmp_path, run_batchib, start_re
         SimulatorSettings(models={**DEFAULT_MODELS, "gpt-9-preview": "gpt-9-preview-2027"})
     )
 
-    rerun = run_batchib(source, "-o", "out.jsonl", "--model", MODEL, "--base-url", after.url)
+    # Another gateway (port) than the one that wrote OUTPUT: allowed explicitly.
+    rerun = run_batchib(
+        source, "-o", "out.jsonl", "--model", MODEL, "--base-url", after.url, "--allow-mixed"
+    )
 
     assert rerun.status == 0, rerun.stderr
     assert user_prompts(after.bodies()) == {"two"}
@@ -153,3 +156,25 @@ def test_torn_last_line_does_not_break_the_rerun(
         "torn_bytes_set_aside": len(torn),
         "torn_file": "out.jsonl.torn",
     }
+
+
+def test_rerun_with_other_defaults_is_refused_unless_allowed(
+    sample, run_batchib, start_recording_simulator
+):
+    gateway = start_recording_simulator()
+    source = sample("prompts.jsonl")
+    first = run_batchib(source, "-o", "out.jsonl", "--model", MODEL, "--base-url", gateway.url)
+    assert first.status == 0, first.stderr
+    gateway.clear()
+
+    other = run_batchib(source, "-o", "out.jsonl", "--model", "gpt-5.4", "--base-url", gateway.url)
+
+    assert other.status == 2
+    assert "model: 'gpt-5.4-mini' before, 'gpt-5.4' now" in other.stderr
+    assert gateway.requests == []
+    allowed = run_batchib(
+        source, "-o", "out.jsonl", "--model", "gpt-5.4", "--base-url", gateway.url,
+        "--allow-mixed",
+    )  # fmt: skip
+    assert allowed.status == 0, allowed.stderr
+    assert len(gateway.requests) == 60
