@@ -95,7 +95,57 @@ def main() -> None:
     """Run large batches of chat completions against an OpenAI-compatible gateway."""
 
 
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Options from a TOML file (its [run] table, or the top level) become defaults:
+    the command line and the environment still win."""
+    if not value:
+        return
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(value).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"{value}: {exc}", param_hint="--config") from exc
+    table = data.get("run", data)
+    names: dict[str, str] = {}
+    for option in ctx.command.params:
+        if option.name is None:
+            continue
+        names[option.name] = option.name
+        for flag in (*option.opts, *option.secondary_opts):
+            if flag.startswith("--"):
+                names[flag[2:].replace("-", "_")] = option.name
+    defaults: dict[str, Any] = {}
+    unknown = []
+    for key, setting in table.items():
+        name = names.get(key.replace("-", "_"))
+        if name is None or name in ("config", "print_config"):
+            unknown.append(key)
+        else:
+            defaults[name] = setting
+    if unknown:
+        raise click.BadParameter(
+            f"{value}: unknown settings: {', '.join(sorted(unknown))}", param_hint="--config"
+        )
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
 @main.command()
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    envvar="BATCHIB_CONFIG",
+    is_eager=True,
+    expose_value=False,
+    callback=_load_config,
+    help="Read any of these options from a TOML file (a [run] table); the command line "
+    "wins (env BATCHIB_CONFIG).",
+)
+@click.option(
+    "--print-config",
+    is_flag=True,
+    help="Print the effective settings (the key redacted) and exit.",
+)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option(
     "-o",
@@ -235,6 +285,7 @@ def main() -> None:
 )
 @click.option("-q", "--quiet", is_flag=True, help="No summary table on stderr.")
 def run(
+    print_config: bool,
     inputs: tuple[str, ...],
     output: Path,
     summary: Path | None,
@@ -308,6 +359,9 @@ def run(
             defaults=defaults,
             settings=settings,
         )
+    if print_config:
+        click.echo(orjson.dumps(_effective(job), option=orjson.OPT_INDENT_2).decode())
+        return
     for name in inputs:
         if name != "-" and not Path(name).is_file():
             _fail(f"input {name} does not exist or is not a file")
@@ -328,6 +382,38 @@ def run(
 
         click.echo(format_table(result), err=True)
     sys.exit(result["exit_status"])
+
+
+def _effective(job: Job) -> dict[str, Any]:
+    settings, defaults = job.settings, job.defaults
+    return {
+        "inputs": list(job.inputs),
+        "output": str(job.output),
+        "summary": str(job.summary_path),
+        "usage_log": None if job.usage_log is None else str(job.usage_log),
+        "overwrite": job.overwrite,
+        "compact": job.compact,
+        "shard": None if job.shard is None else "{}/{}".format(*job.shard),
+        "defaults": {
+            "model": defaults.model,
+            "system": defaults.system,
+            "max_tokens": defaults.max_tokens,
+            "temperature": defaults.temperature,
+            "params": dict(defaults.params),
+        },
+        "api_key": repr(settings.api_key),
+        "base_url": settings.base_url,
+        "concurrency": settings.concurrency,
+        "requests_per_minute": settings.requests_per_minute,
+        "tokens_per_minute": settings.tokens_per_minute,
+        "max_attempts": settings.max_attempts,
+        "timeout_s": settings.timeout_s,
+        "connect_timeout_s": settings.connect_timeout_s,
+        "grace_s": settings.grace_s,
+        "breaker_window": settings.breaker_window,
+        "breaker_min_duration_s": settings.breaker_min_duration_s,
+        "allow_insecure": settings.allow_insecure,
+    }
 
 
 def _refuse_mixed_results(job: Job, allow_mixed: bool) -> None:
