@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import orjson
@@ -26,6 +26,9 @@ from batchib.control import (
 )
 from batchib.errors import BatchibError, ConfigError
 from batchib.lock import LockedError, OutputLock
+
+if TYPE_CHECKING:
+    from batchib.eventlog import EventLog
 from batchib.version import __version__
 
 KEY_VARIABLES = ("BATCHIB_API_KEY", "INFINITYBLUE_API_KEY", "OPENAI_API_KEY")
@@ -283,6 +286,22 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     is_flag=True,
     help="Allow sending the key over plain http to a host that is not loopback.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per event on stderr (start, progress, end) for log "
+    "collectors; no bar, no table.",
+)
+@click.option(
+    "--log-every",
+    "log_every_s",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds between progress lines when there is no progress bar; 0 for none.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No summary table on stderr.")
 def run(
     print_config: bool,
@@ -313,6 +332,8 @@ def run(
     wait_lock: bool,
     allow_mixed: bool,
     allow_insecure: bool,
+    log_format: str,
+    log_every_s: float,
     quiet: bool,
 ) -> None:
     """Send every request in the INPUT JSONL files ('-' for stdin); write results to OUTPUT.
@@ -366,15 +387,25 @@ def run(
         if name != "-" and not Path(name).is_file():
             _fail(f"input {name} does not exist or is not a file")
     show_progress = sys.stderr.isatty() if progress is None else progress
+    # Without a bar (cron, pipes), a progress line every log_every_s instead.
+    events = None
+    if log_format == "json" or (not show_progress and log_every_s > 0 and not quiet):
+        from batchib.eventlog import EventLog
+
+        events = EventLog(log_format, log_every_s)
+        show_progress = False
     try:
         # Taken before the event loop starts, so that Ctrl-C while waiting just works.
         with OutputLock(job.output, wait=wait_lock):
             _refuse_mixed_results(job, allow_mixed)
-            result = asyncio.run(_run(job, show_progress))
+            result = asyncio.run(_run(job, show_progress, events))
     except LockedError as exc:
         _fail(str(exc), EXIT_LOCKED)
     except BatchibError as exc:
         _fail(str(exc))
+    if events is not None and log_format == "json":
+        events.end(result)
+        sys.exit(result["exit_status"])
     if result.get("stop"):
         click.echo(f"batchib: {result['stop']['message']}", err=True)
     if not quiet:
@@ -430,13 +461,20 @@ def _refuse_mixed_results(job: Job, allow_mixed: bool) -> None:
         )
 
 
-async def _run(job: Job, show_progress: bool) -> dict[str, Any]:
+async def _run(job: Job, show_progress: bool, events: EventLog | None) -> dict[str, Any]:
     from batchib.job import run_job
 
     control = RunControl()
     with _signals_stop(control, job.settings.grace_s), _progress(job, show_progress) as bar:
-        on_progress = bar.update if bar is not None else (lambda stats: None)
-        return await run_job(job, control=control, on_progress=on_progress)
+        if events is None:
+            on_progress = bar.update if bar is not None else (lambda stats: None)
+            return await run_job(job, control=control, on_progress=on_progress)
+        events.start(_effective(job))
+        reporter = asyncio.create_task(events.report_periodically())
+        try:
+            return await run_job(job, control=control, on_progress=events.update)
+        finally:
+            reporter.cancel()
 
 
 @contextlib.contextmanager
