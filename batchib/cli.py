@@ -168,6 +168,20 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     help="Append the summary as one JSON line to this ledger.",
 )
 @click.option(
+    "--order",
+    type=click.Choice(["completion", "input"]),
+    default="completion",
+    show_default=True,
+    help="Write results as they finish, or in input order (held in a bounded window).",
+)
+@click.option(
+    "--reorder-window",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="With --order input: lines read ahead of the oldest unfinished one, at most.",
+)
+@click.option(
     "--compact",
     "compact_output",
     is_flag=True,
@@ -309,6 +323,8 @@ def run(
     output: Path,
     summary: Path | None,
     usage_log: Path | None,
+    order: str,
+    reorder_window: int,
     compact_output: bool,
     shard: tuple[int, int] | None,
     overwrite: bool,
@@ -368,6 +384,8 @@ def run(
             breaker_min_duration_s=breaker_min_duration_s,
             grace_s=grace_s,
             allow_insecure=allow_insecure,
+            order_input=order == "input",
+            reorder_window=reorder_window,
         )
         job = Job(
             inputs=inputs,
@@ -444,6 +462,8 @@ def _effective(job: Job) -> dict[str, Any]:
         "breaker_window": settings.breaker_window,
         "breaker_min_duration_s": settings.breaker_min_duration_s,
         "allow_insecure": settings.allow_insecure,
+        "order": "input" if settings.order_input else "completion",
+        "reorder_window": settings.reorder_window,
     }
 
 

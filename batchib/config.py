@@ -95,6 +95,9 @@ class RunSettings:
     # Plain http is allowed only to loopback unless the user says otherwise: the key
     # travels in a header.
     allow_insecure: bool = False
+    # Write records in input order, through a window of this many lines.
+    order_input: bool = False
+    reorder_window: int = 1000
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
@@ -124,6 +127,8 @@ class RunSettings:
                 raise ConfigError(f"{name} must be a positive number of seconds")
         if self.grace_s < 0:
             raise ConfigError("the grace period must not be negative")
+        if self.reorder_window < 1:
+            raise ConfigError("--reorder-window must be at least 1")
         if self.breaker_window < 0 or self.breaker_min_duration_s < 0:
             raise ConfigError("the circuit breaker settings must not be negative")
 

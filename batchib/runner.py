@@ -14,7 +14,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from batchib.breaker import CircuitBreaker, Trip
 from batchib.client import GatewayClient, Reply, Verdict, open_client
@@ -29,6 +28,7 @@ from batchib.control import (
 from batchib.errors import BatchibError, InputError
 from batchib.inputs import InvalidLine, Request
 from batchib.limits import Limits
+from batchib.ordering import CompletionOrder, InputOrder, RecordSink
 from batchib.results import invalid_record, request_record
 from batchib.retry import backoff_s
 from batchib.tokens import max_completion_tokens
@@ -37,11 +37,8 @@ from batchib.usage import RunStats
 READ_BATCH = 256  # lines parsed per trip to the reader thread
 
 Item = Request | InvalidLine
+Queue = asyncio.Queue[tuple[int, Request] | None]
 Sleep = Callable[[float], Awaitable[None]]
-
-
-class RecordSink(Protocol):
-    def write(self, record: dict[str, object]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -111,7 +108,6 @@ class _Pipeline:
     ) -> None:
         self.settings = settings
         self.client = client
-        self.sink = sink
         self.control = control
         self.is_done = is_done
         self.on_progress = on_progress
@@ -124,19 +120,27 @@ class _Pipeline:
             else None
         )
         self.stats = RunStats()
+        self.order: CompletionOrder | InputOrder = (
+            InputOrder(sink, settings.reorder_window)
+            if settings.order_input
+            else CompletionOrder(sink)
+        )
 
     async def run(self, items: Iterable[Item]) -> None:
-        queue: asyncio.Queue[Request | None] = asyncio.Queue(self.settings.concurrency * 2)
-        async with asyncio.TaskGroup() as group:
-            producer = group.create_task(self.produce(iter(items), queue))
-            workers = [
-                group.create_task(self.work(queue)) for _ in range(self.settings.concurrency)
-            ]
-            enforcer = group.create_task(self.enforce_grace([producer, *workers]))
-            await asyncio.wait([producer, *workers])
-            enforcer.cancel()
+        queue: Queue = asyncio.Queue(self.settings.concurrency * 2)
+        try:
+            async with asyncio.TaskGroup() as group:
+                producer = group.create_task(self.produce(iter(items), queue))
+                workers = [
+                    group.create_task(self.work(queue)) for _ in range(self.settings.concurrency)
+                ]
+                enforcer = group.create_task(self.enforce_grace([producer, *workers]))
+                await asyncio.wait([producer, *workers])
+                enforcer.cancel()
+        finally:
+            self.order.finish()
 
-    async def produce(self, items: Iterator[Item], queue: asyncio.Queue[Request | None]) -> None:
+    async def produce(self, items: Iterator[Item], queue: Queue) -> None:
         while not self.control.stopping:
             try:
                 batch = await asyncio.to_thread(_take, items, READ_BATCH, self.is_done)
@@ -149,26 +153,30 @@ class _Pipeline:
                 if self.control.stopping:
                     break
                 self.stats.read += 1
+                seq = await self.order.admit()
                 if isinstance(item, InvalidLine):
-                    self.sink.write(invalid_record(item))
+                    self.order.done(seq, invalid_record(item))
                     self.stats.add_invalid(item.code)
                     self.on_progress(self.stats)
                 elif done:
+                    self.order.done(seq, None)
                     self.stats.skipped += 1
                     self.on_progress(self.stats)
                 else:
-                    await queue.put(item)
+                    await queue.put((seq, item))
                     self.stats.queued += 1
         # Workers keep draining the queue (sending nothing once stopping), so these fit.
         for _ in range(self.settings.concurrency):
             await queue.put(None)
 
-    async def work(self, queue: asyncio.Queue[Request | None]) -> None:
-        while (request := await queue.get()) is not None:
+    async def work(self, queue: Queue) -> None:
+        while (entry := await queue.get()) is not None:
+            seq, request = entry
             if self.control.stopping:
-                continue  # not sent: counted as queued but unfinished
+                self.order.done(seq, None)  # not sent: counted as queued but unfinished
+                continue
             record = await self.send(request)
-            self.sink.write(record)
+            self.order.done(seq, record)
             self.on_progress(self.stats)
 
     async def send(self, request: Request) -> dict[str, object]:
@@ -260,6 +268,7 @@ async def run_batch(
                     first = first.exceptions[0]
                 raise first from group
             raise
+    pipeline.stats.reorder_window_full = pipeline.order.window_full
     return RunOutcome(
         pipeline.stats, control.stop, time.perf_counter() - started, pipeline.limits.current()
     )

@@ -91,6 +91,7 @@ class RunStats:
     skipped: int = 0  # already done in a previous run
     queued: int = 0
     input_complete: bool = False  # the reader reached the end of every input
+    reorder_window_full: int = 0  # times --order input had to stop reading ahead
     succeeded: int = 0
     failed: int = 0
     attempts: int = 0
@@ -155,6 +156,7 @@ def summarise(stats: RunStats, wall_time_s: float) -> dict[str, Any]:
             "not_sent": stats.not_sent,
             "input_complete": stats.input_complete,
         },
+        "reorder_window_full": stats.reorder_window_full,
         "attempts": stats.attempts,
         "retries": stats.retries,
         "rate_limited_429": stats.rate_limited,

@@ -303,3 +303,31 @@ def test_the_request_sent_is_the_canonical_body_with_auth_and_user_agent() -> No
     assert received.headers["Authorization"] == f"Bearer {KEY}"
     assert received.headers["User-Agent"].startswith("batchib/")
     assert received.body == {"model": "m", "messages": [{"role": "user", "content": "a"}]}
+
+
+def test_order_input_writes_records_in_input_order_despite_a_slow_first_request() -> None:
+    gateway = ScriptedGateway({"p0": [hang(0.3)]}, latency_s=0.01)
+    prompts = [f"p{i}" for i in range(20)]
+    items = [*requests(*prompts[:5]), parse_line(b"{bad", "in.jsonl", 6, RequestDefaults())]
+    items += requests(*prompts[5:])
+
+    outcome, sink = run(gateway, items, concurrency=4, order_input=True, reorder_window=50)
+
+    assert [r["custom_id"] for r in sink.records] == [*prompts[:5], "in.jsonl:6", *prompts[5:]]
+    assert outcome.stats.reorder_window_full == 0
+
+
+def test_a_full_reorder_window_holds_reading_back_and_is_reported() -> None:
+    gateway = ScriptedGateway({"p0": [hang(0.3)]})
+    prompts = [f"p{i}" for i in range(30)]
+
+    outcome, sink = run(
+        gateway, requests(*prompts), concurrency=4, order_input=True, reorder_window=5
+    )
+
+    assert [r["custom_id"] for r in sink.records] == prompts
+    assert outcome.stats.reorder_window_full >= 1
+    # While p0 hung, only the window's lines (p0..p4) were admitted: p5 waited for p0.
+    arrival = {r.prompt: r.at for r in gateway.received}
+    assert arrival["p5"] - arrival["p0"] >= 0.25
+    assert max(arrival[f"p{i}"] for i in range(1, 5)) - arrival["p0"] < 0.25
