@@ -322,7 +322,14 @@ def test_a_full_reorder_window_holds_reading_back_and_is_reported() -> None:
     prompts = [f"p{i}" for i in range(30)]
 
     outcome, sink = run(
-        gateway, requests(*prompts), concurrency=4, order_input=True, reorder_window=5
+        gateway,
+        requests(*prompts),
+        concurrency=4,
+        order_input=True,
+        reorder_window=5,
+        # Known limits: no probe, so p1..p4 go while p0 hangs.
+        requests_per_minute=60_000,
+        tokens_per_minute=10**9,
     )
 
     assert [r["custom_id"] for r in sink.records] == prompts
