@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: demo test bench bench-core bench-limits fmt clean
+.PHONY: demo test bench bench-core bench-limits bench-crash fmt clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,8 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-# Every benchmark; writes bench/results-*.json. About 15 minutes on 2 cores.
-bench: bench-core bench-limits
+# Every benchmark; writes bench/results-*.json. About 25 minutes on 2 cores.
+bench: bench-core bench-limits bench-crash
 
 # Throughput and memory of the real CLI against the simulator (a few minutes).
 bench-core: $(STAMP)
@@ -52,6 +52,11 @@ bench-core: $(STAMP)
 # Rate limits and faults, batchib vs the OpenAI SDK, judged from the simulator's log.
 bench-limits: $(BENCH_STAMP)
 	$(BIN)/python bench/limits.py
+
+# 20 runs killed with SIGKILL at random moments and 10 with SIGTERM, each resumed.
+bench-crash: $(STAMP)
+	$(BIN)/python bench/crash.py --kills 20 --signal KILL
+	$(BIN)/python bench/crash.py --kills 10 --signal TERM
 
 fmt: $(STAMP)
 	$(BIN)/ruff format batchib tests

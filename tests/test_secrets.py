@@ -177,3 +177,22 @@ def test_settings_and_job_reprs_hide_the_key(api_key, tmp_path):
 
     assert api_key not in repr(settings)
     assert api_key not in repr(job)
+
+
+def test_key_is_not_written_by_json_logs_manifest_lock_compact_or_config_dump(
+    sample, run_batchib, start_recording_simulator, api_key, tmp_path
+):
+    gateway = start_recording_simulator()
+    source = sample("batch_api.jsonl")
+
+    run = run_batchib(
+        *run_args(source, gateway.url, "--log-format", "json", "--log-every", "0.01", "--compact")
+    )
+    dump = run_batchib(*run_args(source, gateway.url, "--print-config"))
+
+    assert run.status == 0, run.stderr
+    assert dump.status == 0, dump.stderr
+    assert (tmp_path / "out.jsonl.manifest.json").exists()
+    assert (tmp_path / "out.jsonl.lock").exists()
+    assert_key_nowhere(api_key, run, tmp_path)
+    assert_key_nowhere(api_key, dump, tmp_path)
