@@ -26,6 +26,7 @@ from batchib.control import (
 )
 from batchib.errors import BatchibError, ConfigError
 from batchib.lock import LockedError, OutputLock
+from batchib.pricing import PriceTable
 
 if TYPE_CHECKING:
     from batchib.eventlog import EventLog
@@ -166,6 +167,12 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     "--usage-log",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append the summary as one JSON line to this ledger.",
+)
+@click.option(
+    "--pricing",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Price table (TOML, USD per 1M tokens by model or glob; see samples/pricing.toml): "
+    "cost by model in the summary.",
 )
 @click.option(
     "--order",
@@ -323,6 +330,7 @@ def run(
     output: Path,
     summary: Path | None,
     usage_log: Path | None,
+    pricing: Path | None,
     order: str,
     reorder_window: int,
     compact_output: bool,
@@ -395,6 +403,7 @@ def run(
             overwrite=overwrite,
             compact=compact_output,
             shard=shard,
+            prices=None if pricing is None else PriceTable.load(pricing),
             defaults=defaults,
             settings=settings,
         )
@@ -443,6 +452,7 @@ def _effective(job: Job) -> dict[str, Any]:
         "overwrite": job.overwrite,
         "compact": job.compact,
         "shard": None if job.shard is None else "{}/{}".format(*job.shard),
+        "pricing": None if job.prices is None else job.prices.source or "given",
         "defaults": {
             "model": defaults.model,
             "system": defaults.system,

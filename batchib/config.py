@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from batchib.errors import ConfigError
+from batchib.pricing import PriceTable
 
 DEFAULT_BASE_URL = "https://api.getinfinityblue.com/v1"
 
@@ -150,6 +151,7 @@ class Job:
     overwrite: bool = False
     compact: bool = False  # rewrite OUTPUT to one line per custom_id at the end
     shard: tuple[int, int] | None = None  # (index 1..count, count): this part only
+    prices: PriceTable | None = None  # cost in the summary when given
 
     def __post_init__(self) -> None:
         if not self.inputs:

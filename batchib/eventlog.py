@@ -50,6 +50,7 @@ class EventLog:
             "retries": stats.retries,
             "rate_limited_429": stats.rate_limited,
             "total_tokens": stats.total.total_tokens,
+            "cost_usd": None if stats.spend is None else round(stats.spend.usd, 6),
             "requests_per_s": round(stats.finished / elapsed, 2) if elapsed > 0 else 0.0,
             "elapsed_s": round(elapsed, 1),
         }

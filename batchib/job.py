@@ -106,6 +106,7 @@ async def run_job(
                 is_done=lambda request: _is_done(ids, request),
                 control=control,
                 on_progress=on_progress,
+                prices=job.prices,
             )
         finally:
             results.close()

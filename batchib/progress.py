@@ -26,7 +26,8 @@ class ProgressBar:
             self._postfix_at = now
             self._bar.set_postfix_str(
                 f"failed={stats.failed + stats.invalid} retries={stats.retries} "
-                f"tokens={stats.total.total_tokens}",
+                f"tokens={stats.total.total_tokens}"
+                + ("" if stats.spend is None else f" spent=${stats.spend.usd:.4f}"),
                 refresh=False,
             )
         self._bar.update(done - self._bar.n)

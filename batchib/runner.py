@@ -29,6 +29,7 @@ from batchib.errors import BatchibError, InputError
 from batchib.inputs import InvalidLine, Request
 from batchib.limits import Limits
 from batchib.ordering import CompletionOrder, InputOrder, RecordSink
+from batchib.pricing import PriceTable, Spend
 from batchib.results import invalid_record, request_record
 from batchib.retry import backoff_s
 from batchib.tokens import max_completion_tokens
@@ -105,6 +106,7 @@ class _Pipeline:
         on_progress: Callable[[RunStats], None],
         sleep: Sleep,
         rng: random.Random,
+        prices: PriceTable | None,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -119,7 +121,7 @@ class _Pipeline:
             if settings.breaker_window
             else None
         )
-        self.stats = RunStats()
+        self.stats = RunStats(spend=Spend(prices) if prices is not None else None)
         self.order: CompletionOrder | InputOrder = (
             InputOrder(sink, settings.reorder_window)
             if settings.order_input
@@ -236,6 +238,7 @@ async def run_batch(
     on_progress: Callable[[RunStats], None] = lambda stats: None,
     sleep: Sleep = asyncio.sleep,
     rng: random.Random | None = None,
+    prices: PriceTable | None = None,
 ) -> RunOutcome:
     """Send every request in `items`, writing one record per item to `sink`.
 
@@ -255,6 +258,7 @@ async def run_batch(
             on_progress,
             sleep,
             rng or random.Random(),
+            prices,
         )
         try:
             await pipeline.run(items)

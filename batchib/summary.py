@@ -82,6 +82,13 @@ def format_table(summary: dict[str, Any]) -> str:
             f"  latency    p50 {latency['p50']} ms, p90 {latency['p90']} ms, "
             f"p99 {latency['p99']} ms, max {latency['max']} ms"
         )
+    cost = summary.get("cost")
+    if cost is not None:
+        unpriced = ", ".join(cost["unpriced_models"])
+        lines.append(
+            f"  cost       ${cost['usd']:.4f}"
+            + (f" + unpriced: {unpriced} (tokens above)" if unpriced else "")
+        )
     throughput = summary["throughput"]
     lines.append(
         f"  throughput {throughput['requests_per_s']} req/s, {throughput['tokens_per_s']} tokens/s"

@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchib.pricing import Spend
+
 LATENCY_RESOLUTION = 1.01  # each histogram bucket spans 1%
 _LOG_RESOLUTION = math.log(LATENCY_RESOLUTION)
 
@@ -105,6 +107,7 @@ class RunStats:
     by_requested_model: dict[str, TokenUsage] = field(default_factory=dict)
     by_served_model: dict[str, TokenUsage] = field(default_factory=dict)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    spend: Spend | None = None  # with a price table: cost so far
 
     @property
     def finished(self) -> int:
@@ -127,6 +130,8 @@ class RunStats:
             self.total.add(usage)
             self.by_requested_model.setdefault(requested_model, TokenUsage()).add(usage)
             self.by_served_model.setdefault(served_model, TokenUsage()).add(usage)
+            if self.spend is not None:
+                self.spend.add(requested_model, served_model, usage)
         for choice in body.get("choices") or ():
             if isinstance(choice, dict):
                 reason = choice.get("finish_reason")
@@ -172,6 +177,7 @@ def summarise(stats: RunStats, wall_time_s: float) -> dict[str, Any]:
             "prompt_tokens_estimated": stats.estimated_prompt_tokens,
             "prompt_tokens_reported": stats.total.prompt_tokens,
         },
+        "cost": None if stats.spend is None else stats.spend.as_dict(),
         "finish_reasons": dict(stats.finish_reasons.most_common()),
         "latency_ms": stats.latency.as_dict(),
         "throughput": {
