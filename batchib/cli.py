@@ -461,7 +461,7 @@ def _effective(job: Job) -> dict[str, Any]:
             "params": dict(defaults.params),
         },
         "api_key": repr(settings.api_key),
-        "base_url": settings.base_url,
+        "base_url": settings.base_url,  # holds no credential: RunSettings refuses them
         "concurrency": settings.concurrency,
         "requests_per_minute": settings.requests_per_minute,
         "tokens_per_minute": settings.tokens_per_minute,

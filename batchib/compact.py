@@ -18,7 +18,12 @@ import orjson
 
 from batchib.errors import OutputError
 from batchib.latest import choose_latest, record_status
-from batchib.resultsfile import private_mode, set_aside_torn_tail, torn_path
+from batchib.resultsfile import (
+    open_private_append,
+    private_mode,
+    set_aside_torn_tail,
+    torn_path,
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ def compact(path: Path) -> Compaction:
                     status = record_status(parsed if isinstance(parsed, dict) else None)
                     if status is None:
                         if torn is None:
-                            torn = stack.enter_context(open(torn_path(path), "ab"))
+                            torn = stack.enter_context(open_private_append(torn_path(path)))
                         torn.write(raw)
                         aside += 1
                     elif latest.chosen(position, status[0]):

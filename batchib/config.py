@@ -103,7 +103,11 @@ class RunSettings:
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"--base-url must be an http(s) URL, got {self.base_url!r}")
+            raise ConfigError("--base-url must be an http(s) URL with a host")
+        if parts.username is not None or parts.password is not None:
+            # Not echoed: the URL holds a credential. It would also clash with the
+            # bearer header (aiohttp refuses both).
+            raise ConfigError("--base-url must not contain user:password@")
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
         if parts.scheme == "http" and not _is_loopback(parts.hostname) and not self.allow_insecure:
             raise ConfigError(

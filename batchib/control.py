@@ -51,6 +51,10 @@ class RunControl:
             self.stop = stop
             self._stopped.set()
         elif stop.cancels_in_flight:
+            # A second interrupt, or an interrupt after a fatal stop: stop now, and
+            # say so in the exit status.
+            if not self.stop.cancels_in_flight:
+                self.stop = stop
             self._hurry.set()
 
     def interrupt(self, exit_status: int = EXIT_INTERRUPTED) -> None:
@@ -71,6 +75,9 @@ class RunControl:
         return self.stop
 
     async def wait_hurry(self, timeout_s: float) -> None:
-        """Return after timeout_s, or sooner if asked to stop a second time."""
+        """Return after timeout_s (inf: never), or sooner if asked to stop again."""
+        if timeout_s == float("inf"):
+            await self._hurry.wait()
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._hurry.wait(), timeout=timeout_s)

@@ -12,7 +12,7 @@ from batchib.config import Job, RequestDefaults, RunSettings
 from batchib.control import RunControl
 from batchib.idstore import IdStore
 from batchib.inputs import Request, in_shard, read_objects, read_requests
-from batchib.manifest import write_manifest
+from batchib.manifest import differences, write_manifest
 from batchib.results import ResumeState, load_done
 from batchib.resultsfile import ResultsFile, set_aside_torn_tail, torn_path
 from batchib.runner import RunOutcome, run_batch
@@ -88,7 +88,10 @@ async def run_job(
 ) -> dict[str, Any]:
     """Run `job` to the end (or to a stop) and return the summary it wrote."""
     started_at = utc_now()
-    write_manifest(job, public_url(job.settings.base_url))
+    url = public_url(job.settings.base_url)
+    if not differences(job, url):
+        # With --allow-mixed the manifest keeps describing the first settings.
+        write_manifest(job, url)
     ids = IdStore()
     try:
         # Reading the previous results happens before any request; it is local I/O.
@@ -112,8 +115,6 @@ async def run_job(
             results.close()
     finally:
         ids.close()
-    if job.compact:
-        compact(job.output)
     summary = build_summary(job, outcome, resume, started_at)
     if torn_bytes:
         summary["resume"]["torn_bytes_set_aside"] = torn_bytes
@@ -121,6 +122,9 @@ async def run_job(
     write_summary(job.summary_path, summary)
     if job.usage_log is not None:
         append_ledger(job.usage_log, summary)
+    if job.compact:
+        # After the summary: a failure here must not cost the run its summary.
+        compact(job.output)
     return summary
 
 

@@ -41,6 +41,9 @@ class SmoothBucket(AsyncLimiter):
     def __init__(self, per_second: float) -> None:
         capacity = max(1.0, per_second * BURST_S)
         super().__init__(capacity, capacity / per_second)
+        # The largest piece ever asked for: a waiter already woken (off the heap, not
+        # yet resumed) must still fit after a rate cut.
+        self._largest_piece = 0.0
 
     @property
     def per_second(self) -> float:
@@ -49,8 +52,7 @@ class SmoothBucket(AsyncLimiter):
     def set_rate(self, per_second: float) -> None:
         self._leak()
         # Never shrink below a piece someone already waits for: it could never fit.
-        waiting = max((amount for amount, _, fut in self._waiters if not fut.done()), default=0.0)
-        capacity = max(1.0, per_second * BURST_S, waiting)
+        capacity = max(1.0, per_second * BURST_S, self._largest_piece)
         self.max_rate = capacity
         self.time_period = capacity / per_second
         self._rate_per_sec = per_second
@@ -68,6 +70,7 @@ class SmoothBucket(AsyncLimiter):
         remaining = amount
         while remaining > 0:
             piece = min(remaining, self.max_rate)
+            self._largest_piece = max(self._largest_piece, piece)
             await self.acquire(piece)
             remaining -= piece
 
@@ -134,14 +137,17 @@ class Limits:
         if self._probe is not None:
             if self._probe_sent:
                 await self._probe.wait()
+                self._probe = None  # released for good: no more waits per request
             else:
                 self._probe_sent = True
                 asyncio.get_running_loop().call_later(PROBE_TIMEOUT_S, self._probe.set)
-        await self.requests.take(1)
-        await self.tokens.take(tokens)
+        # The gateway's hold first, then the buckets: requests held together must
+        # still leave at the bucket's pace, not all at once when the hold ends.
         delay = self._hold_until - self._clock()
         if delay > 0:
             await asyncio.sleep(delay)
+        await self.requests.take(1)
+        await self.tokens.take(tokens)
         seq = next(self._seq)
         self._last_seq = seq
         self.requests.rate.sent.add(1)

@@ -18,7 +18,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -41,6 +41,12 @@ def private_mode(directory: Path) -> int:
     if dir_mode & stat.S_IXOTH:
         mode |= 0o006 if dir_mode & stat.S_IWOTH else 0o004
     return mode
+
+
+def open_private_append(path: Path) -> BinaryIO:
+    """Open for appending, creating the file with :func:`private_mode` of its directory."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, private_mode(path.parent))
+    return os.fdopen(fd, "ab")
 
 
 def torn_path(path: Path) -> Path:
@@ -71,7 +77,7 @@ def set_aside_torn_tail(path: Path) -> int:
                 return 0
             stream.seek(position)
             tail = stream.read()
-            with open(torn_path(path), "ab") as torn:
+            with open_private_append(torn_path(path)) as torn:
                 torn.write(tail + b"\n")
                 torn.flush()
                 os.fsync(torn.fileno())

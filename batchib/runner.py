@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from batchib.breaker import CircuitBreaker, Trip
 from batchib.client import GatewayClient, Reply, Verdict, open_client
@@ -179,16 +181,28 @@ class _Pipeline:
                 continue
             record = await self.send(request)
             self.order.done(seq, record)
-            self.on_progress(self.stats)
+            if record is not None:
+                self.on_progress(self.stats)
 
-    async def send(self, request: Request) -> dict[str, object]:
-        """Every attempt of one request; the last one decides its record."""
+    async def send(self, request: Request) -> dict[str, Any] | None:
+        """Every attempt of one request; the last one decides its record. None when the
+        run stopped before the first attempt left (nothing sent: left for a rerun)."""
         started = time.perf_counter()
         attempt = 0
+        last: Reply | None = None
         while True:
-            attempt += 1
             ticket = await self.limits.acquire(request.token_estimate)
+            if self.control.stopping:
+                # Admission may have waited (a bucket, a header hold): a stop decided
+                # meanwhile means nothing more leaves.
+                if last is None:
+                    return None
+                self.stats.add_failure(last.code)
+                reply = last
+                break
+            attempt += 1
             reply = await self.client.send(request.body_bytes)
+            last = reply
             self.limits.observe(ticket, reply, request.body)
             self.stats.attempts += 1
             if self.breaker is not None and (trip := self.breaker.record(reply)):
@@ -220,12 +234,15 @@ class _Pipeline:
         return request_record(request, reply, attempt, elapsed_ms)
 
     async def enforce_grace(self, tasks: list[asyncio.Task[None]]) -> None:
-        """After an interrupt, give requests in flight the grace period, then cancel."""
+        """After an interrupt, give requests in flight the grace period, then cancel.
+        After any other stop they finish on their own -- unless interrupted too."""
         stop = await self.control.wait_stopped()
         if stop.cancels_in_flight:
             await self.control.wait_hurry(self.settings.grace_s)
-            for task in tasks:
-                task.cancel()
+        else:
+            await self.control.wait_hurry(math.inf)
+        for task in tasks:
+            task.cancel()
 
 
 async def run_batch(

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from batchib.errors import OutputError
+from batchib.resultsfile import private_mode
 
 
 def utc_now() -> str:
@@ -28,7 +29,7 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
                 stream.write(data)
                 stream.flush()
                 os.fsync(stream.fileno())
-            os.chmod(temp, 0o666 & ~_umask())
+            os.chmod(temp, private_mode(directory) & ~_umask())
             os.replace(temp, path)
         except BaseException:
             os.unlink(temp)
@@ -41,7 +42,7 @@ def append_ledger(path: Path, summary: dict[str, Any]) -> None:
     """Append the summary as one JSON line (a history across cron runs)."""
     data = orjson.dumps(summary, option=orjson.OPT_APPEND_NEWLINE)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, private_mode(path.parent))
         try:
             os.write(fd, data)
             os.fsync(fd)

@@ -260,6 +260,8 @@ def test_interrupt_lets_requests_in_flight_finish_within_grace() -> None:
         concurrency=3,
         grace_s=5.0,
         interrupt_after_s=0.1,
+        requests_per_minute=60_000,
+        tokens_per_minute=10**9,
     )
     assert outcome.exit_status == 130
     assert len(sink.records) == 3
@@ -338,3 +340,49 @@ def test_a_full_reorder_window_holds_reading_back_and_is_reported() -> None:
     arrival = {r.prompt: r.at for r in gateway.received}
     assert arrival["p5"] - arrival["p0"] >= 0.25
     assert max(arrival[f"p{i}"] for i in range(1, 5)) - arrival["p0"] < 0.25
+
+
+def test_nothing_waiting_for_admission_leaves_after_a_stop() -> None:
+    # Limits unknown: p0 goes alone (the probe), p1 and p2 wait for its answer. An
+    # interrupt meanwhile must keep them from being sent when the answer comes.
+    gateway = ScriptedGateway(latency_s=0.3)
+    outcome, sink = run(
+        gateway,
+        requests(*[f"p{i}" for i in range(10)]),
+        concurrency=3,
+        grace_s=5.0,
+        interrupt_after_s=0.1,
+    )
+    assert outcome.exit_status == 130
+    assert [r.prompt for r in gateway.received] == ["p0"]
+    assert [r["custom_id"] for r in sink.records] == ["p0"]
+    assert outcome.stats.not_sent == outcome.stats.queued - 1
+
+
+def test_an_interrupt_after_a_fatal_stop_cancels_what_is_in_flight() -> None:
+    gateway = ScriptedGateway({"p0": [error(401, "invalid_api_key")]}, default=hang(30.0))
+    control = RunControl()
+
+    async def interrupt_later() -> None:
+        await control.wait_stopped()
+        await asyncio.sleep(0.1)
+        control.interrupt()
+
+    async def go() -> RunOutcome:
+        async with gateway.serving() as url:
+            settings = RunSettings(
+                api_key=ApiKey(KEY),
+                base_url=url,
+                concurrency=3,
+                requests_per_minute=60_000,
+                tokens_per_minute=10**9,
+            )
+            waiter = asyncio.create_task(interrupt_later())
+            outcome = await run_batch(
+                requests("p0", "p1", "p2"), settings, ListSink(), control=control
+            )
+            await waiter
+            return outcome
+
+    outcome = asyncio.run(asyncio.wait_for(go(), timeout=10))
+    assert outcome.exit_status == 130
