@@ -8,9 +8,9 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 import orjson
@@ -99,6 +99,43 @@ def main() -> None:
     """Run large batches of chat completions against an OpenAI-compatible gateway."""
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _line_defaults_options(command: F) -> F:
+    """The options that fill what an input line leaves out (run and estimate)."""
+    for option in reversed(_LINE_DEFAULTS):
+        command = option(command)
+    return command
+
+
+_LINE_DEFAULTS = [
+    click.option("--model", help="Model for lines that name none."),
+    click.option("--system", help="System message for lines that have none."),
+    click.option(
+        "--max-tokens", type=click.IntRange(min=1), help="max_tokens for lines without a cap."
+    ),
+    click.option(
+        "--temperature", type=click.FloatRange(0, 2), help="temperature for lines without one."
+    ),
+    click.option(
+        "--param",
+        "params",
+        multiple=True,
+        metavar="KEY=JSON",
+        help="Any body field for lines without it, e.g. --param seed=7. Repeatable.",
+    ),
+]
+
+
+_pricing_option = click.option(
+    "--pricing",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Price table (TOML, USD per 1M tokens by model or glob; see samples/pricing.toml): "
+    "cost by model in the summary.",
+)
+
+
 def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     """Options from a TOML file (its [run] table, or the top level) become defaults:
     the command line and the environment still win."""
@@ -152,6 +189,11 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 )
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Send nothing: price and validate the inputs as `batchib estimate` does.",
+)
+@click.option(
     "-o",
     "--output",
     required=True,
@@ -168,12 +210,7 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append the summary as one JSON line to this ledger.",
 )
-@click.option(
-    "--pricing",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Price table (TOML, USD per 1M tokens by model or glob; see samples/pricing.toml): "
-    "cost by model in the summary.",
-)
+@_pricing_option
 @click.option(
     "--order",
     type=click.Choice(["completion", "input"]),
@@ -202,21 +239,7 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     "so N machines can split one input; `batchib report` merges their outputs.",
 )
 @click.option("--overwrite", is_flag=True, help="Start afresh: truncate OUTPUT, send everything.")
-@click.option("--model", help="Model for lines that name none.")
-@click.option("--system", help="System message for lines that have none.")
-@click.option(
-    "--max-tokens", type=click.IntRange(min=1), help="max_tokens for lines without a cap."
-)
-@click.option(
-    "--temperature", type=click.FloatRange(0, 2), help="temperature for lines without one."
-)
-@click.option(
-    "--param",
-    "params",
-    multiple=True,
-    metavar="KEY=JSON",
-    help="Any body field for lines without it, e.g. --param seed=7. Repeatable.",
-)
+@_line_defaults_options
 @click.option(
     "--base-url",
     envvar="BATCHIB_BASE_URL",
@@ -327,6 +350,7 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 def run(
     print_config: bool,
     inputs: tuple[str, ...],
+    dry_run: bool,
     output: Path,
     summary: Path | None,
     usage_log: Path | None,
@@ -373,6 +397,20 @@ def run(
             max_tokens=max_tokens,
             temperature=temperature,
             params=parse_params(params),
+        )
+    if dry_run:
+        from batchib.estimate import EstimateSettings
+
+        with _usage_errors():
+            prices = None if pricing is None else PriceTable.load(pricing)
+        _print_estimate(
+            inputs,
+            defaults,
+            EstimateSettings(
+                requests_per_minute=rpm, tokens_per_minute=tpm, concurrency=concurrency
+            ),
+            prices,
+            False,
         )
     try:
         key = read_api_key(api_key_file)
@@ -602,6 +640,146 @@ def report(outputs: tuple[Path, ...], as_json: bool) -> None:
                 f"  {model:<32} {figures['requests']:>8} req {figures['total_tokens']:>12} tokens"
             )
     sys.exit(0 if result["status"] == "complete" else EXIT_SOME_FAILED)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@_line_defaults_options
+@_pricing_option
+@click.option(
+    "--expected-completion-tokens",
+    type=click.IntRange(min=0),
+    help="Expected reply length per choice, for the expected figures.",
+)
+@click.option(
+    "--assume-max-tokens",
+    type=click.IntRange(min=1),
+    help="Completion cap per choice to assume for lines that set none.",
+)
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests per minute.")
+@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens per minute.")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--latency",
+    "latency_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Assumed seconds per request, for the wall time.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def estimate(
+    inputs: tuple[str, ...],
+    model: str | None,
+    system: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    params: tuple[str, ...],
+    pricing: Path | None,
+    expected_completion_tokens: int | None,
+    assume_max_tokens: int | None,
+    rpm: float | None,
+    tpm: float | None,
+    concurrency: int,
+    latency_s: float,
+    as_json: bool,
+) -> None:
+    """Price INPUT files without sending anything (no key needed): requests, prompt
+    tokens counted offline, completion and cost min / expected / max, and wall time.
+
+    Every line is validated exactly as `run` does. Exit status 0, or 3 when some lines
+    are invalid.
+    """
+    from batchib.estimate import EstimateSettings
+
+    with _usage_errors():
+        defaults = RequestDefaults(
+            model=model,
+            system=system,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            params=parse_params(params),
+        )
+        prices = None if pricing is None else PriceTable.load(pricing)
+    settings = EstimateSettings(
+        expected_completion_tokens=expected_completion_tokens,
+        assume_max_tokens=assume_max_tokens,
+        requests_per_minute=rpm,
+        tokens_per_minute=tpm,
+        concurrency=concurrency,
+        latency_s=latency_s,
+    )
+    _print_estimate(inputs, defaults, settings, prices, as_json)
+
+
+def _print_estimate(
+    inputs: tuple[str, ...],
+    defaults: RequestDefaults,
+    settings: Any,
+    prices: PriceTable | None,
+    as_json: bool,
+) -> NoReturn:
+    from batchib.estimate import estimate as make_estimate
+    from batchib.idstore import IdStore
+    from batchib.inputs import read_requests
+
+    for name in inputs:
+        if name != "-" and not Path(name).is_file():
+            _fail(f"input {name} does not exist or is not a file")
+    ids = IdStore()
+    try:
+        result = make_estimate(read_requests(inputs, defaults, ids), settings, prices)
+    except OSError as exc:
+        _fail(f"cannot read the input: {exc}")
+    finally:
+        ids.close()
+    if as_json:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(_estimate_table(result))
+    for example in result["invalid_examples"]:
+        click.echo(f"batchib: {example['file']}:{example['line']}: {example['message']}", err=True)
+    sys.exit(EXIT_SOME_FAILED if result["invalid_lines"] else 0)
+
+
+def _estimate_table(result: dict[str, Any]) -> str:
+    def span(figures: dict[str, Any] | None, money: bool = False) -> str:
+        if figures is None:
+            return "unpriced"
+
+        def show(value: Any) -> str:
+            if value is None:
+                return "?"
+            return f"${value:.4f}" if money else f"{value:,}"
+
+        maximum = "unbounded" if figures["max"] is None else show(figures["max"])
+        return f"{show(figures['min'])} / {show(figures['expected'])} / {maximum}"
+
+    total = result["total"]
+    lines = [
+        f"{'model':<28} {'requests':>9} {'prompt tok':>12}  completion min / expected / max"
+        + ("   cost min / expected / max" if "cost_usd" in total else "")
+    ]
+    rows = [*result["by_model"].items(), ("TOTAL", total)]
+    for name, figures in rows:
+        line = (
+            f"{name:<28} {figures['requests']:>9,} {figures['prompt_tokens']:>12,}  "
+            f"{span(figures['completion_tokens'])}"
+        )
+        if "cost_usd" in figures:
+            line += f"   {span(figures['cost_usd'], money=True)}"
+        lines.append(line)
+    lines.append(f"wall time at these limits: about {total['wall_time_s']:,} s")
+    if total["completion_tokens"]["unbounded_requests"]:
+        lines.append(
+            f"{total['completion_tokens']['unbounded_requests']} requests set no completion "
+            "cap: max is unbounded (use --assume-max-tokens)"
+        )
+    if total["completion_tokens"]["expected"] is None:
+        lines.append("expected figures need --expected-completion-tokens")
+    if result["invalid_lines"]:
+        lines.append(f"{result['invalid_lines']} invalid lines (first ones on stderr)")
+    return "\n".join(lines)
 
 
 def _add_simulate() -> None:

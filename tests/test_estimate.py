@@ -1,0 +1,105 @@
+"""`batchib estimate` and `run --dry-run`: validate and price without sending."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ENV_TO_CLEAR
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def estimate(tmp_path: Path, *args: str | Path) -> tuple[int, Any, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_TO_CLEAR}  # no key at all
+    completed = subprocess.run(
+        [sys.executable, "-m", "batchib", "estimate", *map(str, args), "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return completed.returncode, json.loads(completed.stdout or "null"), completed.stderr
+
+
+def write_lines(path: Path, *lines: dict[str, Any]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_completion_bounds_and_costs_per_model(tmp_path: Path) -> None:
+    source = write_lines(
+        tmp_path / "in.jsonl",
+        {"id": "a", "prompt": "Hi", "model": "gpt-4.1", "max_tokens": 100},
+        {"id": "b", "prompt": "Hi", "model": "gpt-4.1", "max_completion_tokens": 50, "n": 2},
+        {"id": "c", "prompt": "Hi", "model": "gpt-5.4"},
+    )
+
+    status, result, _ = estimate(
+        tmp_path, source, "--expected-completion-tokens", "30",
+        "--pricing", ROOT / "samples" / "pricing.toml",
+    )  # fmt: skip
+
+    assert status == 0
+    gpt41 = result["by_model"]["gpt-4.1"]
+    # min: one token per choice; expected: 30 per choice within the cap; max: the caps.
+    assert gpt41["completion_tokens"] == {
+        "min": 3,
+        "expected": 30 + 60,
+        "max": 100 + 100,
+        "unbounded_requests": 0,
+    }
+    prompt = gpt41["prompt_tokens"]
+    assert gpt41["cost_usd"]["max"] == pytest.approx((prompt * 2.0 + 200 * 8.0) / 1e6)
+    assert gpt41["cost_usd"]["min"] == pytest.approx((prompt * 2.0 + 3 * 8.0) / 1e6)
+    gpt54 = result["by_model"]["gpt-5.4"]
+    assert gpt54["completion_tokens"]["max"] is None  # no cap and none assumed
+    assert result["total"]["cost_usd"]["max"] is None
+    assert result["total"]["completion_tokens"]["unbounded_requests"] == 1
+
+
+def test_assumed_cap_bounds_lines_without_one(tmp_path: Path) -> None:
+    source = write_lines(tmp_path / "in.jsonl", {"prompt": "Hi", "model": "gpt-5.4", "n": 3})
+
+    _, result, _ = estimate(tmp_path, source, "--assume-max-tokens", "10")
+
+    assert result["total"]["completion_tokens"]["max"] == 30
+
+
+def test_estimate_reports_bad_lines_like_run_and_needs_no_key(tmp_path: Path) -> None:
+    source = tmp_path / "bad_lines.jsonl"
+    source.write_bytes((ROOT / "samples" / "bad_lines.jsonl").read_bytes())
+
+    status, result, stderr = estimate(tmp_path, source, "--model", "gpt-5.4-mini")
+
+    assert status == 3
+    assert result["invalid_lines"] == 7
+    assert [(e["line"], e["code"]) for e in result["invalid_examples"]] == [
+        (2, "invalid_json"),
+        (3, "not_an_object"),
+        (4, "unknown_shape"),
+        (5, "empty_messages"),
+        (6, "stream_not_supported"),
+        (7, "unsupported_url"),
+        (8, "duplicate_custom_id"),
+    ]
+    assert f"{source}:2: not valid JSON" in stderr
+    assert result["total"]["requests"] == 2
+
+
+def test_wall_time_is_set_by_the_tightest_limit(tmp_path: Path) -> None:
+    lines = [{"prompt": "Hi", "model": "m", "max_tokens": 10} for _ in range(120)]
+    source = write_lines(tmp_path / "in.jsonl", *lines)
+
+    _, by_rpm, _ = estimate(tmp_path, source, "--rpm", "60", "-c", "64", "--latency", "1")
+    _, by_concurrency, _ = estimate(tmp_path, source, "-c", "2", "--latency", "1")
+
+    assert by_rpm["total"]["wall_time_s"] == 120.0
+    assert by_concurrency["total"]["wall_time_s"] == 60.0
