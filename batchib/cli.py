@@ -212,6 +212,18 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 )
 @_pricing_option
 @click.option(
+    "--max-cost",
+    "max_cost_usd",
+    type=click.FloatRange(min=0),
+    help="Stop before the spend could exceed this many USD (needs --pricing and a "
+    "completion cap on every request); exit 4, a rerun continues.",
+)
+@click.option(
+    "--max-total-tokens",
+    type=click.IntRange(min=1),
+    help="Stop before the tokens used could exceed this; exit 4, a rerun continues.",
+)
+@click.option(
     "--order",
     type=click.Choice(["completion", "input"]),
     default="completion",
@@ -355,6 +367,8 @@ def run(
     summary: Path | None,
     usage_log: Path | None,
     pricing: Path | None,
+    max_cost_usd: float | None,
+    max_total_tokens: int | None,
     order: str,
     reorder_window: int,
     compact_output: bool,
@@ -386,7 +400,7 @@ def run(
 ) -> None:
     """Send every request in the INPUT JSONL files ('-' for stdin); write results to OUTPUT.
 
-    Exit status: 0 all succeeded, 1 aborted, 2 usage error, 3 some failed,
+    Exit status: 0 all succeeded, 1 aborted, 2 usage error, 3 some failed, 4 budget reached,
     75 another run holds OUTPUT, 130/143 interrupted. Interrupted and aborted runs
     resume when rerun.
     """
@@ -442,6 +456,8 @@ def run(
             compact=compact_output,
             shard=shard,
             prices=None if pricing is None else PriceTable.load(pricing),
+            max_cost_usd=max_cost_usd,
+            max_total_tokens=max_total_tokens,
             defaults=defaults,
             settings=settings,
         )

@@ -156,12 +156,16 @@ class Job:
     compact: bool = False  # rewrite OUTPUT to one line per custom_id at the end
     shard: tuple[int, int] | None = None  # (index 1..count, count): this part only
     prices: PriceTable | None = None  # cost in the summary when given
+    max_cost_usd: float | None = None  # stop before the spend could pass this
+    max_total_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not self.inputs:
             raise ConfigError("no input files")
         if self.inputs.count("-") > 1:
             raise ConfigError("stdin ('-') can be read only once")
+        if self.max_cost_usd is not None and self.prices is None:
+            raise ConfigError("--max-cost needs --pricing: a cost budget needs prices")
         if self.shard is not None:
             index, count = self.shard
             if not 1 <= index <= count:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from batchib.budget import Budget
 from batchib.compact import compact
 from batchib.config import Job, RequestDefaults, RunSettings
 from batchib.control import RunControl
@@ -98,6 +99,11 @@ async def run_job(
         torn_bytes = 0 if job.overwrite else set_aside_torn_tail(job.output)
         resume = ResumeState(0, 0) if job.overwrite else load_done(job.output, ids)
         results = ResultsFile(job.output, overwrite=job.overwrite)
+        budget = (
+            Budget(job.max_cost_usd, job.max_total_tokens, job.prices)
+            if job.max_cost_usd is not None or job.max_total_tokens is not None
+            else None
+        )
         try:
             items = read_requests(job.inputs, job.defaults, ids)
             if job.shard is not None:
@@ -110,12 +116,14 @@ async def run_job(
                 control=control,
                 on_progress=on_progress,
                 prices=job.prices,
+                budget=budget,
             )
         finally:
             results.close()
     finally:
         ids.close()
     summary = build_summary(job, outcome, resume, started_at)
+    summary["budget"] = None if budget is None else budget.as_dict()
     if torn_bytes:
         summary["resume"]["torn_bytes_set_aside"] = torn_bytes
         summary["resume"]["torn_file"] = str(torn_path(job.output))

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchib.breaker import CircuitBreaker, Trip
+from batchib.budget import Budget
 from batchib.client import GatewayClient, Reply, Verdict, open_client
 from batchib.config import RunSettings
 from batchib.control import (
     EXIT_ABORTED,
+    EXIT_BUDGET,
     EXIT_OK,
     EXIT_SOME_FAILED,
     RunControl,
@@ -87,6 +89,20 @@ def _breaker_stop(trip: Trip) -> Stop:
     )
 
 
+def request_cap(request: Request) -> int:
+    return max_completion_tokens(request.body) or 0
+
+
+def _budget_stop(reason: str) -> Stop:
+    return Stop(
+        code="budget",
+        message=f"budget reached: {reason}; stopped sending, a rerun with a larger budget "
+        "continues",
+        exit_status=EXIT_BUDGET,
+        cancels_in_flight=False,
+    )
+
+
 def _take(
     items: Iterator[Item], count: int, is_done: Callable[[Request], bool]
 ) -> list[tuple[Item, bool]]:
@@ -109,6 +125,7 @@ class _Pipeline:
         sleep: Sleep,
         rng: random.Random,
         prices: PriceTable | None,
+        budget: Budget | None,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -124,6 +141,7 @@ class _Pipeline:
             else None
         )
         self.stats = RunStats(spend=Spend(prices) if prices is not None else None)
+        self.budget = budget
         self.order: CompletionOrder | InputOrder = (
             InputOrder(sink, settings.reorder_window)
             if settings.order_input
@@ -192,6 +210,15 @@ class _Pipeline:
         last: Reply | None = None
         while True:
             ticket = await self.limits.acquire(request.token_estimate)
+            reservation = None
+            if self.budget is not None and not self.control.stopping:
+                granted = await self.budget.admit(
+                    request.model, request.body, request.token_estimate - request_cap(request)
+                )
+                if isinstance(granted, str):
+                    self.control.request_stop(_budget_stop(granted))
+                else:
+                    reservation = granted
             if self.control.stopping:
                 # Admission may have waited (a bucket, a header hold): a stop decided
                 # meanwhile means nothing more leaves.
@@ -203,6 +230,19 @@ class _Pipeline:
             attempt += 1
             reply = await self.client.send(request.body_bytes)
             last = reply
+            if reservation is not None and self.budget is not None:
+                served = reply.body.get("model") if reply.body else None
+                usage = (
+                    reply.body.get("usage")
+                    if reply.verdict is Verdict.SUCCESS and reply.body
+                    else None
+                )
+                self.budget.settle(
+                    reservation,
+                    answered=reply.status is not None,
+                    served_model=served if isinstance(served, str) else None,
+                    usage=usage if isinstance(usage, dict) else None,
+                )
             self.limits.observe(ticket, reply, request.body)
             self.stats.attempts += 1
             if self.breaker is not None and (trip := self.breaker.record(reply)):
@@ -212,9 +252,7 @@ class _Pipeline:
             if reply.verdict is Verdict.SUCCESS:
                 assert reply.body is not None
                 self.stats.add_success(
-                    request.model,
-                    reply.body,
-                    request.token_estimate - (max_completion_tokens(request.body) or 0),
+                    request.model, reply.body, request.token_estimate - request_cap(request)
                 )
                 self.stats.latency.add(reply.latency_ms)
                 break
@@ -256,6 +294,7 @@ async def run_batch(
     sleep: Sleep = asyncio.sleep,
     rng: random.Random | None = None,
     prices: PriceTable | None = None,
+    budget: Budget | None = None,
 ) -> RunOutcome:
     """Send every request in `items`, writing one record per item to `sink`.
 
@@ -276,6 +315,7 @@ async def run_batch(
             sleep,
             rng or random.Random(),
             prices,
+            budget,
         )
         try:
             await pipeline.run(items)
