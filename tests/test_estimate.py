@@ -103,3 +103,26 @@ def test_wall_time_is_set_by_the_tightest_limit(tmp_path: Path) -> None:
 
     assert by_rpm["total"]["wall_time_s"] == 120.0
     assert by_concurrency["total"]["wall_time_s"] == 60.0
+
+
+def test_estimate_brackets_the_cost_of_the_run_and_counts_prompts_like_the_gateway(
+    tmp_path: Path,
+    start_simulator: Any,
+    run_batchib: Any,
+) -> None:
+    # The simulator counts prompts with the same tokenizer, as a real gateway does.
+    url = start_simulator()
+    sources = []
+    for name in ("chat_bodies.jsonl", "batch_api.jsonl"):  # every line has a cap
+        sources.append(tmp_path / name)
+        sources[-1].write_bytes((ROOT / "samples" / name).read_bytes())
+    pricing = ROOT / "samples" / "pricing.toml"
+
+    _, predicted, _ = estimate(tmp_path, *sources, "--pricing", pricing)
+    run = run_batchib(*sources, "-o", "out.jsonl", "--base-url", url, "--pricing", pricing)
+
+    assert run.status == 0, run.stderr
+    summary = run.summary()
+    assert predicted["total"]["prompt_tokens"] == summary["usage"]["total"]["prompt_tokens"]
+    cost = predicted["total"]["cost_usd"]
+    assert cost["min"] <= summary["cost"]["usd"] <= cost["max"]

@@ -70,7 +70,7 @@ async def _exchange(settings: SimulatorSettings, calls: tuple[Call, ...]) -> lis
 
 
 def exchange(*calls: Call, settings: SimulatorSettings | None = None) -> list[Reply]:
-    return asyncio.run(_exchange(settings or SimulatorSettings(), calls))
+    return asyncio.run(_exchange(settings or SimulatorSettings(tokenizer="words"), calls))
 
 
 def send(call: Call, settings: SimulatorSettings | None = None) -> Reply:

@@ -94,7 +94,7 @@ def test_log_has_one_line_per_completions_request_with_what_the_server_saw(
     tmp_path: Path,
 ) -> None:
     log = tmp_path / "requests.jsonl"
-    settings = SimulatorSettings(log_path=log, rpm=4, require_key=KEY)
+    settings = SimulatorSettings(log_path=log, rpm=4, require_key=KEY, tokenizer="words")
     capped = body_bytes(max_completion_tokens=5, n=2)
     sends = [
         Sent(body_bytes()),

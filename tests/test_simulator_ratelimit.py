@@ -290,7 +290,7 @@ def ratelimit_headers(reply: Reply) -> dict[str, str]:
 
 
 def test_success_carries_remaining_and_reset_after_its_own_charge() -> None:
-    settings = SimulatorSettings(rpm=60, tpm=1000)
+    settings = SimulatorSettings(rpm=60, tpm=1000, tokenizer="words")
 
     async def run(client: Client) -> Reply:
         return await client.post(max_completion_tokens=10)
@@ -358,7 +358,7 @@ def test_requests_over_rpm_get_429_with_retry_after_until_refilled() -> None:
 
 
 def test_tokens_over_tpm_get_429_of_type_tokens() -> None:
-    settings = SimulatorSettings(tpm=100)
+    settings = SimulatorSettings(tpm=100, tokenizer="words")
     cost = HELLO_TOKENS + 40
 
     async def run(client: Client) -> list[Reply]:

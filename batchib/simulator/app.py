@@ -25,8 +25,9 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -42,6 +43,7 @@ from batchib.simulator.requestlog import LogEntry, RequestLog
 from batchib.simulator.settings import SimulatorSettings
 from batchib.simulator.text import prompt_tokens
 from batchib.simulator.validation import parse_chat_request, unknown_model
+from batchib.tokens import estimate_prompt_tokens, tokenizer_available
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +127,7 @@ async def _answer(request: web.Request, attempt: Attempt, key: str) -> web.Strea
     if served is None:
         return error_response(unknown_model(chat.model))
 
-    n_prompt = prompt_tokens(chat.messages)
+    n_prompt = _prompt_tokens(settings, payload, chat.messages)
     upfront = upfront_tokens(n_prompt, chat.max_completion_tokens, chat.n)
     if refusal := limiter.admit(key, upfront):
         return error_response(rate_limit_error(refusal))
@@ -262,6 +264,16 @@ def _request_log_context(
             request_log.close()
 
     return open_for_app_lifetime
+
+
+def _prompt_tokens(
+    settings: SimulatorSettings, payload: Any, messages: Sequence[Mapping[str, object]]
+) -> int:
+    """Like a real gateway, count with the model's real tokenizer when it is installed
+    (so offline estimates can be checked against it); else the simulator's word rule."""
+    if settings.tokenizer == "real" and tokenizer_available():
+        return estimate_prompt_tokens(payload)
+    return prompt_tokens(messages)
 
 
 def create_app(

@@ -103,10 +103,15 @@ class SimulatorSettings:
     tpm: int | None = None
     burst_s: float = 60.0
     rate_headers: bool = True
+    # "real": count prompts with the real tokenizer when installed, as a gateway does;
+    # "words": the simulator's own word rule (exact, dependency-free, for its tests).
+    tokenizer: str = "real"
     faults: FaultRates = field(default_factory=FaultRates)
     log_path: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.tokenizer not in ("real", "words"):
+            raise ValueError(f"tokenizer must be 'real' or 'words', got {self.tokenizer!r}")
         if not (math.isfinite(self.latency_ms) and self.latency_ms >= 0):
             raise ValueError(f"latency_ms must be a finite number >= 0, got {self.latency_ms!r}")
         if not 0 <= self.latency_spread <= 1:
