@@ -487,7 +487,7 @@ def run(
     if events is not None and log_format == "json":
         events.end(result)
         sys.exit(result["exit_status"])
-    if result.get("stop"):
+    if result.get("stop") and quiet:  # the table says it otherwise
         click.echo(f"batchib: {result['stop']['message']}", err=True)
     if not quiet:
         from batchib.summary import format_table
