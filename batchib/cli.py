@@ -668,6 +668,14 @@ def report(outputs: tuple[Path, ...], as_json: bool) -> None:
     help="Expected reply length per choice, for the expected figures.",
 )
 @click.option(
+    "--calibrate-from",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="OUTPUT",
+    help="Learn the expected reply length per model from a previous run's results "
+    "(repeatable); wins over --expected-completion-tokens for the models it saw.",
+)
+@click.option(
     "--assume-max-tokens",
     type=click.IntRange(min=1),
     help="Completion cap per choice to assume for lines that set none.",
@@ -693,6 +701,7 @@ def estimate(
     params: tuple[str, ...],
     pricing: Path | None,
     expected_completion_tokens: int | None,
+    calibrate_from: tuple[Path, ...],
     assume_max_tokens: int | None,
     rpm: float | None,
     tpm: float | None,
@@ -706,7 +715,7 @@ def estimate(
     Every line is validated exactly as `run` does. Exit status 0, or 3 when some lines
     are invalid.
     """
-    from batchib.estimate import EstimateSettings
+    from batchib.estimate import EstimateSettings, calibrate
 
     with _usage_errors():
         defaults = RequestDefaults(
@@ -718,6 +727,7 @@ def estimate(
         )
         prices = None if pricing is None else PriceTable.load(pricing)
     settings = EstimateSettings(
+        calibration=calibrate(calibrate_from) if calibrate_from else None,
         expected_completion_tokens=expected_completion_tokens,
         assume_max_tokens=assume_max_tokens,
         requests_per_minute=rpm,

@@ -10,12 +10,14 @@ from a price table keyed by the requested model (the served one is not known yet
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from batchib.inputs import InvalidLine, Request
 from batchib.pricing import Price, PriceTable
+from batchib.results import SUCCEEDED, read_records
 from batchib.tokens import max_completion_tokens
 
 
@@ -27,6 +29,14 @@ class EstimateSettings:
     tokens_per_minute: float | None = None
     concurrency: int = 16
     latency_s: float = 2.0  # assumed time per request
+    # Completion tokens per choice by requested model, learnt from a previous run's
+    # results (--calibrate-from); wins over expected_completion_tokens for its models.
+    calibration: Mapping[str, float] | None = None
+
+    def expected_per_choice(self, model: str) -> float | None:
+        if self.calibration is not None and model in self.calibration:
+            return self.calibration[model]
+        return self.expected_completion_tokens
 
 
 @dataclass
@@ -34,11 +44,19 @@ class ModelEstimate:
     requests: int = 0
     prompt_tokens: int = 0
     completion_min: int = 0
-    completion_expected: int = 0
+    completion_expected: float = 0.0
+    expected_known: bool = True  # every request had an expected length
     completion_max: int = 0
     unbounded: int = 0  # requests with no completion cap at all
 
-    def add(self, prompt: int, choices: int, cap: int | None, settings: EstimateSettings) -> None:
+    def add(
+        self,
+        prompt: int,
+        choices: int,
+        cap: int | None,
+        settings: EstimateSettings,
+        expected: float | None,
+    ) -> None:
         self.requests += 1
         self.prompt_tokens += prompt
         self.completion_min += choices  # at least one token per choice
@@ -48,15 +66,16 @@ class ModelEstimate:
             self.unbounded += 1
         else:
             self.completion_max += cap
-        expected = settings.expected_completion_tokens
-        if expected is not None:
+        if expected is None:
+            self.expected_known = False
+        else:
             self.completion_expected += min(expected * choices, cap) if cap else expected * choices
 
     def as_dict(
         self, settings: EstimateSettings, prices: PriceTable | None, model: str
     ) -> dict[str, Any]:
         completion_max: int | None = None if self.unbounded else self.completion_max
-        expected = self.completion_expected if settings.expected_completion_tokens else None
+        expected = round(self.completion_expected) if self.expected_known else None
         result: dict[str, Any] = {
             "requests": self.requests,
             "prompt_tokens": self.prompt_tokens,
@@ -109,7 +128,11 @@ class Estimate:
         n = item.body.get("n", 1)
         choices = n if isinstance(n, int) and n > 0 else 1
         self.by_model.setdefault(item.model, ModelEstimate()).add(
-            item.token_estimate - (cap or 0), choices, cap, self.settings
+            item.token_estimate - (cap or 0),
+            choices,
+            cap,
+            self.settings,
+            self.settings.expected_per_choice(item.model),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -123,6 +146,7 @@ class Estimate:
             total.prompt_tokens += figures.prompt_tokens
             total.completion_min += figures.completion_min
             total.completion_expected += figures.completion_expected
+            total.expected_known = total.expected_known and figures.expected_known
             total.completion_max += figures.completion_max
             total.unbounded += figures.unbounded
         summary = total.as_dict(self.settings, None, "")
@@ -144,6 +168,7 @@ class Estimate:
             ],
             "assumptions": {
                 "expected_completion_tokens": self.settings.expected_completion_tokens,
+                "calibrated_models": sorted(self.settings.calibration or {}),
                 "assume_max_tokens": self.settings.assume_max_tokens,
                 "requests_per_minute": self.settings.requests_per_minute,
                 "tokens_per_minute": self.settings.tokens_per_minute,
@@ -168,6 +193,29 @@ class Estimate:
             if per_request > 0:
                 rates.append(settings.tokens_per_minute / 60 / per_request)
         return round(total.requests / min(rates), 1)
+
+
+def calibrate(paths: Iterable[Path]) -> dict[str, float]:
+    """Completion tokens per choice, by requested model, over the successes in results
+    files of a previous run (the expected reply length for the next one)."""
+    tokens: dict[str, int] = {}
+    choices: dict[str, int] = {}
+    for path in paths:
+        for record in read_records(path):
+            own = record.get("batchib") if record else None
+            if not isinstance(own, dict) or own.get("status") != SUCCEEDED or record is None:
+                continue
+            response = record.get("response")
+            body = response.get("body") if isinstance(response, dict) else None
+            usage = body.get("usage") if isinstance(body, dict) else None
+            model = own.get("requested_model")
+            if not isinstance(usage, dict) or not isinstance(model, str) or body is None:
+                continue
+            completion = usage.get("completion_tokens")
+            if isinstance(completion, int):
+                tokens[model] = tokens.get(model, 0) + completion
+                choices[model] = choices.get(model, 0) + max(1, len(body.get("choices") or ()))
+    return {model: tokens[model] / choices[model] for model in tokens if choices[model]}
 
 
 def _sum_or_none(values: list[float | None]) -> float | None:

@@ -126,3 +126,43 @@ def test_estimate_brackets_the_cost_of_the_run_and_counts_prompts_like_the_gatew
     assert predicted["total"]["prompt_tokens"] == summary["usage"]["total"]["prompt_tokens"]
     cost = predicted["total"]["cost_usd"]
     assert cost["min"] <= summary["cost"]["usd"] <= cost["max"]
+
+
+def test_calibrated_estimate_predicts_the_next_run_within_five_percent(
+    tmp_path: Path,
+    start_simulator: Any,
+    run_batchib: Any,
+) -> None:
+    url = start_simulator()
+    pricing = ROOT / "samples" / "pricing.toml"
+
+    def job(name: str, topic: str) -> Path:
+        return write_lines(
+            tmp_path / name,
+            *(
+                {"id": f"{topic}-{i}", "prompt": f"Tell me about {topic} number {i}."}
+                for i in range(400)
+            ),
+        )
+
+    common = ("--model", "gpt-5.4-mini", "--base-url", url)
+    first = run_batchib(job("first.jsonl", "rivers"), "-o", "first-out.jsonl", *common)
+    assert first.status == 0, first.stderr
+    # The next job: the same kind of requests about something else.
+    second_input = job("second.jsonl", "mountains")
+
+    _, predicted, _ = estimate(
+        tmp_path, second_input, "--model", "gpt-5.4-mini", "--pricing", pricing,
+        "--calibrate-from", "first-out.jsonl",
+    )  # fmt: skip
+    second = run_batchib(second_input, "-o", "second-out.jsonl", *common, "--pricing", pricing)
+
+    assert second.status == 0, second.stderr
+    expected = predicted["total"]["cost_usd"]["expected"]
+    actual = second.summary()["cost"]["usd"]
+    assert abs(actual - expected) <= 0.05 * actual, (expected, actual)
+    assert predicted["assumptions"]["calibrated_models"] == ["gpt-5.4-mini"]
+    # And the prompt side is exact: the simulator counts with the same tokenizer.
+    assert (
+        predicted["total"]["prompt_tokens"] == second.summary()["usage"]["total"]["prompt_tokens"]
+    )
