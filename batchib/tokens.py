@@ -20,13 +20,14 @@ from typing import Any, Protocol
 
 import orjson
 
+from batchib.images import image_tokens
+
 logger = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMER_TOKENS = 3
-IMAGE_TOKENS = 85
 
 O200K_BASE = "o200k_base"
 CL100K_BASE = "cl100k_base"
@@ -170,7 +171,7 @@ def _content_tokens(content: Any, count: Callable[[str], int]) -> int:
         if not isinstance(part, dict):
             continue
         if part.get("type") == "image_url":
-            total += IMAGE_TOKENS
+            total += image_tokens(part)
         elif isinstance(part.get("text"), str):
             total += count(part["text"])
     return total
