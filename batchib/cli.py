@@ -753,12 +753,22 @@ def _print_estimate(
         if name != "-" and not Path(name).is_file():
             _fail(f"input {name} does not exist or is not a file")
     ids = IdStore()
+    items: Any = read_requests(inputs, defaults, ids)
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        from batchib.inputs import count_items
+
+        items = bar = tqdm(items, total=count_items(inputs), unit="line", file=sys.stderr)
     try:
-        result = make_estimate(read_requests(inputs, defaults, ids), settings, prices)
+        result = make_estimate(items, settings, prices)
     except OSError as exc:
         _fail(f"cannot read the input: {exc}")
     finally:
         ids.close()
+        if bar is not None:
+            bar.close()
     if as_json:
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     else:

@@ -10,7 +10,7 @@ from a price table keyed by the requested model (the served one is not known yet
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,11 @@ class EstimateSettings:
     latency_s: float = 2.0  # assumed time per request
     # Completion tokens per choice by requested model, learnt from a previous run's
     # results (--calibrate-from); wins over expected_completion_tokens for its models.
-    calibration: Mapping[str, float] | None = None
+    calibration: Calibration | None = None
 
     def expected_per_choice(self, model: str) -> float | None:
-        if self.calibration is not None and model in self.calibration:
-            return self.calibration[model]
+        if self.calibration is not None and model in self.calibration.per_choice:
+            return self.calibration.per_choice[model]
         return self.expected_completion_tokens
 
 
@@ -168,7 +168,10 @@ class Estimate:
             ],
             "assumptions": {
                 "expected_completion_tokens": self.settings.expected_completion_tokens,
-                "calibrated_models": sorted(self.settings.calibration or {}),
+                "calibrated_models": sorted(
+                    self.settings.calibration.per_choice if self.settings.calibration else {}
+                ),
+                "calibration": _calibration_dict(self.settings.calibration),
                 "assume_max_tokens": self.settings.assume_max_tokens,
                 "requests_per_minute": self.settings.requests_per_minute,
                 "tokens_per_minute": self.settings.tokens_per_minute,
@@ -195,10 +198,18 @@ class Estimate:
         return round(total.requests / min(rates), 1)
 
 
-def calibrate(paths: Iterable[Path]) -> dict[str, float]:
-    """Completion tokens per choice, by requested model, over the successes in results
-    files of a previous run (the expected reply length for the next one)."""
+@dataclass(frozen=True)
+class Calibration:
+    """What a previous run's successes say about reply lengths, by requested model."""
+
+    per_choice: dict[str, float]  # completion tokens per choice: the expected length
+    per_prompt_token: dict[str, float]  # completion tokens per prompt token, for reference
+
+
+def calibrate(paths: Iterable[Path]) -> Calibration:
+    """Reply lengths over the successes in results files of a previous run."""
     tokens: dict[str, int] = {}
+    prompts: dict[str, int] = {}
     choices: dict[str, int] = {}
     for path in paths:
         for record in read_records(path):
@@ -211,11 +222,26 @@ def calibrate(paths: Iterable[Path]) -> dict[str, float]:
             model = own.get("requested_model")
             if not isinstance(usage, dict) or not isinstance(model, str) or body is None:
                 continue
-            completion = usage.get("completion_tokens")
+            completion, prompt = usage.get("completion_tokens"), usage.get("prompt_tokens")
             if isinstance(completion, int):
                 tokens[model] = tokens.get(model, 0) + completion
+                prompts[model] = prompts.get(model, 0) + (prompt if isinstance(prompt, int) else 0)
                 choices[model] = choices.get(model, 0) + max(1, len(body.get("choices") or ()))
-    return {model: tokens[model] / choices[model] for model in tokens if choices[model]}
+    return Calibration(
+        {model: tokens[model] / choices[model] for model in tokens if choices[model]},
+        {model: round(tokens[model] / prompts[model], 4) for model in tokens if prompts[model]},
+    )
+
+
+def _calibration_dict(calibration: Calibration | None) -> dict[str, Any] | None:
+    if calibration is None:
+        return None
+    return {
+        "completion_tokens_per_choice": {
+            model: round(value, 2) for model, value in calibration.per_choice.items()
+        },
+        "completion_tokens_per_prompt_token": calibration.per_prompt_token,
+    }
 
 
 def _sum_or_none(values: list[float | None]) -> float | None:

@@ -162,6 +162,8 @@ def test_calibrated_estimate_predicts_the_next_run_within_five_percent(
     actual = second.summary()["cost"]["usd"]
     assert abs(actual - expected) <= 0.05 * actual, (expected, actual)
     assert predicted["assumptions"]["calibrated_models"] == ["gpt-5.4-mini"]
+    ratios = predicted["assumptions"]["calibration"]["completion_tokens_per_prompt_token"]
+    assert ratios["gpt-5.4-mini"] > 0
     # And the prompt side is exact: the simulator counts with the same tokenizer.
     assert (
         predicted["total"]["prompt_tokens"] == second.summary()["usage"]["total"]["prompt_tokens"]
