@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
 import click
 import orjson
@@ -93,7 +93,48 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     return params
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """Commands whose modules are heavy (the simulator pulls in aiohttp.web) are imported
+    only when run, so `batchib --help` and `batchib run` start fast."""
+
+    lazy: ClassVar[dict[str, tuple[str, str, str]]] = {
+        "simulate": (
+            "batchib.simulator.cli",
+            "simulate",
+            "Serve an OpenAI-compatible gateway simulator until interrupted.",
+        )
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            import importlib
+
+            module, name, _ = self.lazy[cmd_name]
+            command: click.Command = getattr(importlib.import_module(module), name)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The listing uses the lazy commands' one-line help, without importing them.
+        rows = []
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names), default=0)
+        for name in names:
+            if name in self.lazy:
+                rows.append((name, self.lazy[name][2]))
+                continue
+            command = super().get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="batchib")
 def main() -> None:
     """Run large batches of chat completions against an OpenAI-compatible gateway."""
@@ -816,12 +857,3 @@ def _estimate_table(result: dict[str, Any]) -> str:
     if result["invalid_lines"]:
         lines.append(f"{result['invalid_lines']} invalid lines (first ones on stderr)")
     return "\n".join(lines)
-
-
-def _add_simulate() -> None:
-    from batchib.simulator.cli import simulate
-
-    main.add_command(simulate)
-
-
-_add_simulate()
