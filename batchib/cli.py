@@ -538,45 +538,13 @@ def run(
 
 
 def _effective(job: Job) -> dict[str, Any]:
-    settings, defaults = job.settings, job.defaults
-    return {
-        "inputs": list(job.inputs),
-        "output": str(job.output),
-        "summary": str(job.summary_path),
-        "usage_log": None if job.usage_log is None else str(job.usage_log),
-        "overwrite": job.overwrite,
-        "compact": job.compact,
-        "shard": None if job.shard is None else "{}/{}".format(*job.shard),
-        "pricing": None if job.prices is None else job.prices.source or "given",
-        "defaults": {
-            "model": defaults.model,
-            "system": defaults.system,
-            "max_tokens": defaults.max_tokens,
-            "temperature": defaults.temperature,
-            "params": dict(defaults.params),
-        },
-        "api_key": repr(settings.api_key),
-        "base_url": settings.base_url,  # holds no credential: RunSettings refuses them
-        "concurrency": settings.concurrency,
-        "requests_per_minute": settings.requests_per_minute,
-        "tokens_per_minute": settings.tokens_per_minute,
-        "max_attempts": settings.max_attempts,
-        "timeout_s": settings.timeout_s,
-        "connect_timeout_s": settings.connect_timeout_s,
-        "grace_s": settings.grace_s,
-        "breaker_window": settings.breaker_window,
-        "breaker_min_duration_s": settings.breaker_min_duration_s,
-        "allow_insecure": settings.allow_insecure,
-        "order": "input" if settings.order_input else "completion",
-        "reorder_window": settings.reorder_window,
-    }
+    return {**job.describe(), "api_key": repr(job.settings.api_key)}
 
 
 def _refuse_mixed_results(job: Job, allow_mixed: bool) -> None:
-    from batchib.job import public_url
     from batchib.manifest import differences, manifest_path
 
-    changed = differences(job, public_url(job.settings.base_url))
+    changed = differences(job)
     if changed and not allow_mixed:
         raise click.UsageError(
             f"{job.output} holds results made with other settings "

@@ -178,3 +178,40 @@ class Job:
     @property
     def summary_path(self) -> Path:
         return self.summary or self.output.with_name(self.output.name + ".summary.json")
+
+    def describe(self) -> dict[str, Any]:
+        """The effective settings, for --print-config, the summary and the manifest.
+        The key is not in it; the base URL holds no credential (RunSettings refuses one)."""
+        settings, defaults = self.settings, self.defaults
+        return {
+            "inputs": list(self.inputs),
+            "output": str(self.output),
+            "summary": str(self.summary_path),
+            "usage_log": None if self.usage_log is None else str(self.usage_log),
+            "overwrite": self.overwrite,
+            "compact": self.compact,
+            "shard": None if self.shard is None else "{}/{}".format(*self.shard),
+            "pricing": None if self.prices is None else self.prices.source or "given",
+            "max_cost_usd": self.max_cost_usd,
+            "max_total_tokens": self.max_total_tokens,
+            "defaults": {
+                "model": defaults.model,
+                "system": defaults.system,
+                "max_tokens": defaults.max_tokens,
+                "temperature": defaults.temperature,
+                "params": dict(defaults.params),
+            },
+            "base_url": settings.base_url,
+            "concurrency": settings.concurrency,
+            "requests_per_minute": settings.requests_per_minute,
+            "tokens_per_minute": settings.tokens_per_minute,
+            "max_attempts": settings.max_attempts,
+            "timeout_s": settings.timeout_s,
+            "connect_timeout_s": settings.connect_timeout_s,
+            "grace_s": settings.grace_s,
+            "breaker_window": settings.breaker_window,
+            "breaker_min_duration_s": settings.breaker_min_duration_s,
+            "allow_insecure": settings.allow_insecure,
+            "order": "input" if settings.order_input else "completion",
+            "reorder_window": settings.reorder_window,
+        }

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from batchib.budget import Budget
 from batchib.compact import compact
@@ -23,14 +22,6 @@ from batchib.usage import RunStats, summarise
 from batchib.version import __version__
 
 
-def public_url(url: str) -> str:
-    """The URL without any user:password part."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 def _status(outcome: RunOutcome) -> str:
     if outcome.stop is not None:
         return "interrupted" if outcome.stop.code == "interrupted" else "stopped"
@@ -40,7 +31,6 @@ def _status(outcome: RunOutcome) -> str:
 def build_summary(
     job: Job, outcome: RunOutcome, resume: ResumeState, started_at: str
 ) -> dict[str, Any]:
-    settings = job.settings
     stop = outcome.stop
     return {
         "batchib_version": __version__,
@@ -52,17 +42,8 @@ def build_summary(
         "inputs": list(job.inputs),
         "output": str(job.output),
         "summary": str(job.summary_path),
-        "base_url": public_url(settings.base_url),
-        "settings": {
-            "concurrency": settings.concurrency,
-            "requests_per_minute": settings.requests_per_minute,
-            "tokens_per_minute": settings.tokens_per_minute,
-            "max_attempts": settings.max_attempts,
-            "timeout_s": settings.timeout_s,
-            "connect_timeout_s": settings.connect_timeout_s,
-            "circuit_breaker_window": settings.breaker_window,
-            "shard": None if job.shard is None else "{}/{}".format(*job.shard),
-        },
+        "base_url": job.settings.base_url,
+        "settings": job.describe(),
         "limits_at_end": outcome.limits,
         "resume": {
             "previously_done": resume.done,
@@ -89,10 +70,9 @@ async def run_job(
 ) -> dict[str, Any]:
     """Run `job` to the end (or to a stop) and return the summary it wrote."""
     started_at = utc_now()
-    url = public_url(job.settings.base_url)
-    if not differences(job, url):
+    if not differences(job):
         # With --allow-mixed the manifest keeps describing the first settings.
-        write_manifest(job, url)
+        write_manifest(job)
     ids = IdStore()
     try:
         # Reading the previous results happens before any request; it is local I/O.

@@ -30,20 +30,12 @@ def _fingerprint(name: str) -> dict[str, Any]:
     return {"path": name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def result_settings(job: Job, public_base_url: str) -> dict[str, Any]:
+def result_settings(job: Job) -> dict[str, Any]:
     """The settings that change what is sent, and so what the results mean."""
-    defaults = job.defaults
-    return {
-        "model": defaults.model,
-        "system": defaults.system,
-        "max_tokens": defaults.max_tokens,
-        "temperature": defaults.temperature,
-        "params": dict(defaults.params),
-        "base_url": public_base_url,
-    }
+    return {**job.describe()["defaults"], "base_url": job.settings.base_url}
 
 
-def differences(job: Job, public_base_url: str) -> list[str]:
+def differences(job: Job) -> list[str]:
     """How this job's result settings differ from the ones that wrote OUTPUT so far."""
     path = manifest_path(job.output)
     if job.overwrite or not path.exists() or not job.output.exists():
@@ -52,21 +44,20 @@ def differences(job: Job, public_base_url: str) -> list[str]:
         previous = orjson.loads(path.read_bytes()).get("settings", {})
     except (OSError, orjson.JSONDecodeError, AttributeError):
         return [f"{path} is unreadable"]
-    current = result_settings(job, public_base_url)
     return [
         f"{key}: {previous.get(key)!r} before, {value!r} now"
-        for key, value in current.items()
+        for key, value in result_settings(job).items()
         if previous.get(key) != value
     ]
 
 
-def write_manifest(job: Job, public_base_url: str) -> None:
+def write_manifest(job: Job) -> None:
     write_summary(
         manifest_path(job.output),
         {
             "batchib_version": __version__,
             "written_at": utc_now(),
             "inputs": [_fingerprint(name) for name in job.inputs],
-            "settings": result_settings(job, public_base_url),
+            "settings": result_settings(job),
         },
     )
