@@ -18,7 +18,7 @@ from typing import Any
 from batchib.inputs import InvalidLine, Request
 from batchib.pricing import Price, PriceTable
 from batchib.results import SUCCEEDED, read_records
-from batchib.tokens import max_completion_tokens
+from batchib.tokens import estimate_prompt_tokens, max_completion_tokens
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class Estimate:
         n = item.body.get("n", 1)
         choices = n if isinstance(n, int) and n > 0 else 1
         self.by_model.setdefault(item.model, ModelEstimate()).add(
-            item.token_estimate - (cap or 0),
+            estimate_prompt_tokens(item.body),
             choices,
             cap,
             self.settings,

@@ -24,7 +24,6 @@ import orjson
 
 from batchib.config import RequestDefaults
 from batchib.idstore import IdStore
-from batchib.tokens import estimate_request_tokens
 
 STDIN = "-"
 CHAT_URLS = frozenset({"/v1/chat/completions", "/chat/completions"})
@@ -49,7 +48,6 @@ class Request:
     file: str
     line: int
     metadata: Any
-    token_estimate: int
 
     @property
     def model(self) -> str:
@@ -126,7 +124,6 @@ def parse_object(
         file=file,
         line=line,
         metadata=metadata,
-        token_estimate=estimate_request_tokens(body),
     )
 
 

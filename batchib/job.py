@@ -17,7 +17,7 @@ from batchib.results import ResumeState, load_done
 from batchib.resultsfile import ResultsFile, set_aside_torn_tail, torn_path
 from batchib.runner import RunOutcome, run_batch
 from batchib.summary import append_ledger, utc_now, write_summary
-from batchib.tokens import tokenizer_available
+from batchib.tokens import tokenizer_installed
 from batchib.usage import RunStats, summarise
 from batchib.version import __version__
 
@@ -54,8 +54,12 @@ def build_summary(
 
 
 def _estimator_note() -> str:
-    if tokenizer_available():
-        return "bpe-openai: o200k_base or cl100k_base by model, with the chat overhead"
+    if tokenizer_installed():
+        return (
+            "bpe-openai (o200k_base or cl100k_base by model, with the chat overhead) once "
+            "tokens matter: a budget, or a tokens-per-minute limit configured, announced by "
+            "the gateway or learnt from a 429; chars/4 before that"
+        )
     return (
         "chars/4: the tokenizer extra is not installed (pip install 'batchib[tokenizer]'); "
         "token limits are enforced from a rough estimate, reconciled with reported usage"

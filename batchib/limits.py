@@ -132,6 +132,12 @@ class Limits:
             self._probe = asyncio.Event()
         self._probe_sent = False
 
+    @property
+    def tokens_limited(self) -> bool:
+        """Whether a tokens-per-minute rate is in force (configured, announced by the
+        gateway, or learnt from a 429): only then do exact token counts matter."""
+        return self.tokens.rate.rate_per_s is not None
+
     async def acquire(self, tokens: int) -> Ticket:
         """Wait until one more attempt of `tokens` estimated tokens may be sent."""
         if self._probe is not None:

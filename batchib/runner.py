@@ -36,7 +36,13 @@ from batchib.ordering import CompletionOrder, InputOrder, RecordSink
 from batchib.pricing import PriceTable, Spend
 from batchib.results import invalid_record, request_record
 from batchib.retry import backoff_s
-from batchib.tokens import max_completion_tokens
+from batchib.tokens import (
+    ROUGH_COUNTER,
+    TokenCounter,
+    counter_for_model,
+    estimate_prompt_tokens,
+    max_completion_tokens,
+)
 from batchib.usage import RunStats
 
 READ_BATCH = 256  # lines parsed per trip to the reader thread
@@ -87,10 +93,6 @@ def _breaker_stop(trip: Trip) -> Stop:
         exit_status=EXIT_ABORTED,
         cancels_in_flight=False,
     )
-
-
-def request_cap(request: Request) -> int:
-    return max_completion_tokens(request.body) or 0
 
 
 def _budget_stop(reason: str) -> Stop:
@@ -208,13 +210,15 @@ class _Pipeline:
         started = time.perf_counter()
         attempt = 0
         last: Reply | None = None
+        cap = max_completion_tokens(request.body) or 0
         while True:
-            ticket = await self.limits.acquire(request.token_estimate)
+            # Per attempt: exact counting may have started since the last one.
+            counter = self.token_counter(request)
+            prompt_tokens = estimate_prompt_tokens(request.body, counter)
+            ticket = await self.limits.acquire(prompt_tokens + cap)
             reservation = None
             if self.budget is not None and not self.control.stopping:
-                granted = await self.budget.admit(
-                    request.model, request.body, request.token_estimate - request_cap(request)
-                )
+                granted = await self.budget.admit(request.model, request.body, prompt_tokens)
                 if isinstance(granted, str):
                     self.control.request_stop(_budget_stop(granted))
                 else:
@@ -251,9 +255,7 @@ class _Pipeline:
                 self.stats.rate_limited += 1
             if reply.verdict is Verdict.SUCCESS:
                 assert reply.body is not None
-                self.stats.add_success(
-                    request.model, reply.body, request.token_estimate - request_cap(request)
-                )
+                self.stats.add_success(request.model, reply.body, prompt_tokens, counter.name)
                 self.stats.latency.add(reply.latency_ms)
                 break
             if reply.verdict is Verdict.STOP_RUN:
@@ -270,6 +272,14 @@ class _Pipeline:
             await self.sleep(backoff_s(attempt, self.rng) if wait_s is None else wait_s)
         elapsed_ms = (time.perf_counter() - started) * 1000
         return request_record(request, reply, attempt, elapsed_ms)
+
+    def token_counter(self, request: Request) -> TokenCounter:
+        """Exact counts (the tokenizer: 0.05 s to load, ~65 MB) once tokens matter -- a
+        budget, or a token limit configured, announced or learnt from a 429; until then
+        the free chars/4 estimate, which only feeds the meters a 429 would consult."""
+        if self.budget is not None or self.limits.tokens_limited:
+            return counter_for_model(request.model)
+        return ROUGH_COUNTER
 
     async def enforce_grace(self, tasks: list[asyncio.Task[None]]) -> None:
         """After an interrupt, give requests in flight the grace period, then cancel.

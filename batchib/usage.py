@@ -101,6 +101,8 @@ class RunStats:
     rate_limited: int = 0  # 429 answers, any attempt
     # Offline estimate of the prompts that got a usage back: compare to usage totals.
     estimated_prompt_tokens: int = 0
+    # How many of those estimates each counter made ("o200k_base", "chars/4", ...).
+    estimated_with: Counter[str] = field(default_factory=Counter)
     failures_by_code: Counter[str] = field(default_factory=Counter)
     finish_reasons: Counter[str] = field(default_factory=Counter)
     total: TokenUsage = field(default_factory=TokenUsage)
@@ -119,12 +121,17 @@ class RunStats:
         return self.queued - self.finished
 
     def add_success(
-        self, requested_model: str, body: dict[str, Any], prompt_estimate: int = 0
+        self,
+        requested_model: str,
+        body: dict[str, Any],
+        prompt_estimate: int = 0,
+        estimator: str = "chars/4",
     ) -> None:
         self.succeeded += 1
         usage = body.get("usage")
         if isinstance(usage, dict):
             self.estimated_prompt_tokens += prompt_estimate
+            self.estimated_with[estimator] += 1
             served = body.get("model")
             served_model = served if isinstance(served, str) else "(unknown)"
             self.total.add(usage)
@@ -176,6 +183,7 @@ def summarise(stats: RunStats, wall_time_s: float) -> dict[str, Any]:
         "token_estimate": {
             "prompt_tokens_estimated": stats.estimated_prompt_tokens,
             "prompt_tokens_reported": stats.total.prompt_tokens,
+            "requests_by_counter": dict(stats.estimated_with.most_common()),
         },
         "cost": None if stats.spend is None else stats.spend.as_dict(),
         "finish_reasons": dict(stats.finish_reasons.most_common()),

@@ -24,6 +24,7 @@ from batchib.inputs import (
     read_lines,
     read_requests,
 )
+from batchib.tokens import estimate_request_tokens
 
 NO_DEFAULTS = RequestDefaults()
 MODEL = RequestDefaults(model="gpt-default")
@@ -193,7 +194,7 @@ def test_token_estimate_counts_prompt_and_completion_cap() -> None:
     # 3 (reply primer) + 3 (one message) + 1 ("user") + 1 ("Hi") + 2 choices x 10 tokens.
     request = parse_request({"prompt": "Hi", "max_tokens": 10, "n": 2})
 
-    assert request.token_estimate == 28
+    assert estimate_request_tokens(request.body) == 28
 
 
 def test_assistant_message_without_content_and_tool_message_with_id_are_valid() -> None:

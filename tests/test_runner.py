@@ -386,3 +386,22 @@ def test_an_interrupt_after_a_fatal_stop_cancels_what_is_in_flight() -> None:
 
     outcome = asyncio.run(asyncio.wait_for(go(), timeout=10))
     assert outcome.exit_status == 130
+
+
+def test_tokens_are_counted_exactly_only_once_a_token_limit_applies() -> None:
+    # The tokenizer (~65 MB) is loaded only when a count decides something: with no
+    # token limit the free chars/4 estimate feeds the meters; with one, every attempt is
+    # counted with the model's encoding ("m" is an alias: o200k_base).
+    defaults = RequestDefaults(model="m")
+    lines = [f'{{"id": "r{n}", "prompt": "tiktoken is great!"}}'.encode() for n in range(5)]
+    items: list[Request | InvalidLine] = [
+        parse_line(raw, "in.jsonl", n, defaults) for n, raw in enumerate(lines, 1)
+    ]
+    unlimited, _ = run(ScriptedGateway(), items)
+    limited, _ = run(ScriptedGateway(), items, requests_per_minute=60_000, tokens_per_minute=10**9)
+    assert dict(unlimited.stats.estimated_with) == {"chars/4": 5}
+    assert dict(limited.stats.estimated_with) == {"o200k_base": 5}
+    # The cookbook's "tiktoken is great!" is 6 tokens in o200k_base, 18 characters (5 by
+    # chars/4); "user" 1 either way; 3 per message and 3 for the reply primer.
+    assert limited.stats.estimated_prompt_tokens == 5 * (6 + 1 + 3 + 3)
+    assert unlimited.stats.estimated_prompt_tokens == 5 * (5 + 1 + 3 + 3)

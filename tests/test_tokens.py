@@ -145,8 +145,46 @@ def test_token_ids_match_the_cookbooks_published_examples(
     encoding: str, text: str, ids: list[int]
 ) -> None:
     counter = bpe(encoding)
-    assert counter.encoding.encode_ordinary(text) == ids
+    assert counter.encode_ordinary(text) == ids
     assert counter.count_text(text) == len(ids)
+
+
+@pytest.mark.parametrize("encoding", ["o200k_base", "cl100k_base"])
+def test_the_directly_loaded_tokenizer_counts_as_the_bpe_openai_package_does(
+    encoding: str,
+) -> None:
+    # batchib loads bpe-openai's compiled module without the package's __init__; the
+    # package's own public API must give the same ids on every kind of text.
+    import bpe_openai
+
+    public = bpe_openai.get_encoding(encoding)
+    texts = [
+        "",
+        "Hello, world!",
+        "<|endoftext|> and <|endofprompt|> as text",
+        "naïve café — ½ ∑ \U0001d400\U0001d401\U0001d402 😀👍🏽 お誕生日おめでとう 你好\uff0c世界",
+        "    indented\n\tcode()  \r\n\n\n  trailing   ",
+        "1234567890 3.14159 -42 0x1F",
+        "lone \ud800 surrogate",
+        " ".join(f"word{i}" for i in range(2000)),
+    ]
+    counter = bpe(encoding)
+    for text in texts:
+        expected = public.encode_ordinary(text)
+        assert counter.encode_ordinary(text) == expected, text[:40]
+        assert counter.count_text(text) == len(expected), text[:40]
+
+
+def test_counting_does_not_import_the_bpe_openai_package() -> None:
+    # Its __init__ decodes every vocabulary into Python (half a second, ~100 MB).
+    code = (
+        "import sys; from batchib.tokens import counter_for_model; "
+        "assert counter_for_model('gpt-4o').count_text('hello world') == 2; "
+        "print('bpe_openai' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(("model", "expected"), [("gpt-4o", 124), ("gpt-4", 129)])
