@@ -1,5 +1,6 @@
 """The baseline a typical user writes: the OpenAI SDK, AsyncOpenAI + a semaphore, its
-default retries. Reads shorthand JSONL; writes one line per request (custom_id, ok).
+default retries. Reads shorthand JSONL; writes one line per request (custom_id, ok) and
+prints the totals as one JSON line (successes, failures, tokens from each reply's usage).
 
     python bench/sdk_client.py INPUT OUTPUT BASE_URL MODEL CONCURRENCY TIMEOUT_S
 """
@@ -19,15 +20,19 @@ async def main() -> int:
     semaphore = asyncio.Semaphore(int(concurrency))
     lines = [json.loads(line) for line in open(source) if line.strip()]
     results: list[dict[str, object]] = []
+    tokens = {"prompt_tokens": 0, "completion_tokens": 0}
 
     async def one(line: dict[str, object]) -> None:
         async with semaphore:
             try:
-                await client.chat.completions.create(
+                completion = await client.chat.completions.create(
                     model=model,
                     messages=[{"role": "user", "content": str(line["prompt"])}],
                     max_tokens=int(str(line.get("max_tokens", 100))),
                 )
+                if completion.usage is not None:
+                    tokens["prompt_tokens"] += completion.usage.prompt_tokens
+                    tokens["completion_tokens"] += completion.usage.completion_tokens
                 results.append({"custom_id": line["id"], "ok": True})
             except openai.APIError as exc:
                 results.append({"custom_id": line["id"], "ok": False, "error": type(exc).__name__})
@@ -40,6 +45,9 @@ async def main() -> int:
     with open(target, "w") as stream:
         for result in results:
             stream.write(json.dumps(result) + "\n")
+    succeeded = sum(1 for r in results if r["ok"])
+    totals = {"succeeded": succeeded, "failed": len(results) - succeeded, **tokens}
+    print(json.dumps(totals), flush=True)
     return 0 if all(r["ok"] for r in results) else 3
 
 

@@ -1,0 +1,144 @@
+"""The benchmark's server: one canned chat completion for every request, optionally late.
+
+A bare asyncio protocol (uvloop when installed), not aiohttp and not the simulator: it
+parses only the request head and Content-Length and writes bytes prepared once, so it
+costs a few hundredths of a millisecond per request and leaves the other core to the
+client being measured. nginx would do as well for instant replies, but needs root to
+install and cannot add latency; the simulator (aiohttp, validation, tokenizer) costs about
+0.2 ms per request, as much as the clients it would be measuring.
+
+Each reply carries the same usage, so a client's output can be checked: N requests must
+add up to N times these token counts.
+
+    python bench/canned_server.py --port-file FILE [--latency-ms 20]
+
+It writes its URL to --port-file once listening, serves until SIGTERM/SIGINT, and then
+prints one JSON line to stdout: requests answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+PROMPT_TOKENS = 14
+COMPLETION_TOKENS = 9
+
+BODY = json.dumps(
+    {
+        "id": "chatcmpl-canned",
+        "object": "chat.completion",
+        "created": 1764000000,
+        "model": "gpt-5.4-mini-2026-03-17",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Rayleigh scattering of sunlight."},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": PROMPT_TOKENS,
+            "completion_tokens": COMPLETION_TOKENS,
+            "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+        },
+        "system_fingerprint": "fp_canned",
+    },
+    separators=(",", ":"),
+).encode()
+
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Connection: keep-alive\r\n"
+    b"x-request-id: req_canned\r\n"
+    b"Content-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
+)
+
+
+class Counter:
+    answered = 0
+
+
+class CannedProtocol(asyncio.Protocol):
+    """HTTP/1.1 keep-alive: reads each request whole (head + Content-Length), answers it."""
+
+    def __init__(self, delay_s: float, counter: Counter) -> None:
+        self.delay_s = delay_s
+        self.counter = counter
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            head_end = self.buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            length = 0
+            for line in bytes(self.buffer[:head_end]).split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            total = head_end + 4 + length
+            if len(self.buffer) < total:
+                return
+            del self.buffer[:total]
+            if self.delay_s:
+                self.loop.call_later(self.delay_s, self.answer)
+            else:
+                self.answer()
+
+    def answer(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(RESPONSE)
+            self.counter.answered += 1
+
+
+async def serve(port_file: Path, latency_ms: float) -> int:
+    loop = asyncio.get_running_loop()
+    counter = Counter()
+    server = await loop.create_server(
+        lambda: CannedProtocol(latency_ms / 1000, counter), "127.0.0.1", 0, backlog=1024
+    )
+    port = server.sockets[0].getsockname()[1]
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    temp = port_file.with_suffix(".tmp")
+    temp.write_text(f"http://127.0.0.1:{port}/v1\n")
+    temp.replace(port_file)
+    await stop.wait()
+    server.close()
+    return counter.answered
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port-file", type=Path, required=True)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    answered = runner(serve(args.port_file, args.latency_ms))
+    print(json.dumps({"answered": answered}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
