@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 import click
 import orjson
 
+from batchib import eventloop
 from batchib.config import DEFAULT_BASE_URL, ApiKey, Job, RequestDefaults, RunSettings
 from batchib.control import (
     EXIT_ABORTED,
@@ -520,7 +521,7 @@ def run(
         # Taken before the event loop starts, so that Ctrl-C while waiting just works.
         with OutputLock(job.output, wait=wait_lock):
             _refuse_mixed_results(job, allow_mixed)
-            result = asyncio.run(_run(job, show_progress, events))
+            result = eventloop.run(_run(job, show_progress, events))
     except LockedError as exc:
         _fail(str(exc), EXIT_LOCKED)
     except BatchibError as exc:

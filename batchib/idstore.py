@@ -34,6 +34,27 @@ class IdStore:
             BEGIN;
             """
         )
+        self._any_done = False
+
+    def first_uses(self, uses: list[tuple[str, str, int]]) -> list[FirstUse | None]:
+        """:meth:`first_use` for many (custom_id, file, line) in input order, in one
+        statement when none of them repeats an id (the usual case)."""
+        if not uses:
+            return []
+        inserted = self._db.executemany(
+            "INSERT INTO seen VALUES (?, ?, ?) ON CONFLICT DO NOTHING", uses
+        ).rowcount
+        if inserted == len(uses):
+            return [None] * len(uses)
+        # A repeat somewhere. (No rollback: the journal is off.) Each id's row now names
+        # its first use; a line is read once, so a row naming another line is a repeat.
+        answers: list[FirstUse | None] = []
+        for custom_id, file, line in uses:
+            row = self._db.execute(
+                "SELECT file, line FROM seen WHERE id = ?", (custom_id,)
+            ).fetchone()
+            answers.append(None if (row[0], row[1]) == (file, line) else FirstUse(*row))
+        return answers
 
     def first_use(self, custom_id: str, file: str, line: int) -> FirstUse | None:
         """Record a use of custom_id; return where it was first used if this is a repeat."""
@@ -46,11 +67,14 @@ class IdStore:
         return FirstUse(row[0], row[1])
 
     def mark_done(self, custom_id: str, body_hash: str) -> None:
+        self._any_done = True
         self._db.execute(
             "INSERT INTO done VALUES (?, ?) ON CONFLICT DO NOTHING", (custom_id, body_hash)
         )
 
     def is_done(self, custom_id: str, body_hash: str) -> bool:
+        if not self._any_done:  # a first run: no query per line
+            return False
         row = self._db.execute(
             "SELECT 1 FROM done WHERE id = ? AND hash = ?", (custom_id, body_hash)
         ).fetchone()

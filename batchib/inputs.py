@@ -12,6 +12,7 @@ Formats (one JSON object per line, blank lines ignored):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -325,22 +326,26 @@ def read_objects(
 
 
 def reject_duplicates(
-    items: Iterable[Request | InvalidLine], ids: IdStore
+    items: Iterable[Request | InvalidLine], ids: IdStore, batch: int = 256
 ) -> Iterator[Request | InvalidLine]:
-    for item in items:
-        first = ids.first_use(item.custom_id, item.file, item.line)
-        if first is not None and isinstance(item, Request):
-            # The record gets the line's positional id: the duplicated id belongs to the
-            # first line, and readers matching on custom_id must not see it fail.
-            yield InvalidLine(
-                positional_id(item.file, item.line),
-                item.file,
-                item.line,
-                "duplicate_custom_id",
-                f"custom_id {item.custom_id!r} was already used at {first.file}:{first.line}",
-            )
-            continue
-        yield item
+    """`items`, with a line that repeats an earlier line's custom_id made invalid. Ids are
+    checked `batch` at a time: one statement for the lot when none repeats."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, batch)):
+        firsts = ids.first_uses([(item.custom_id, item.file, item.line) for item in chunk])
+        for item, first in zip(chunk, firsts, strict=True):
+            if first is not None and isinstance(item, Request):
+                # The record gets the line's positional id: the duplicated id belongs to
+                # the first line, and readers matching on custom_id must not see it fail.
+                yield InvalidLine(
+                    positional_id(item.file, item.line),
+                    item.file,
+                    item.line,
+                    "duplicate_custom_id",
+                    f"custom_id {item.custom_id!r} was already used at {first.file}:{first.line}",
+                )
+                continue
+            yield item
 
 
 def shard_of(custom_id: str, count: int) -> int:

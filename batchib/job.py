@@ -10,6 +10,7 @@ from batchib.budget import Budget
 from batchib.compact import compact
 from batchib.config import Job, RequestDefaults, RunSettings
 from batchib.control import RunControl
+from batchib.eventloop import running_loop_name
 from batchib.idstore import IdStore
 from batchib.inputs import Request, in_shard, read_objects, read_requests
 from batchib.manifest import differences, write_manifest
@@ -50,7 +51,7 @@ def build_summary(
             "unreadable_lines": resume.unreadable_lines,
         },
         **summarise(outcome.stats, outcome.wall_time_s),
-    } | {"token_estimator": _estimator_note()}
+    } | {"token_estimator": _estimator_note(), "event_loop": running_loop_name()}
 
 
 def _estimator_note() -> str:

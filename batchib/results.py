@@ -7,6 +7,7 @@ own fields live under the single key ``"batchib"``.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,8 +25,14 @@ FAILED = "failed"
 INVALID = "invalid"
 
 
+# Record ids are unique without a system call each: a random prefix per process, then a
+# counter (the Batch API's own ids are opaque strings of this shape).
+_RECORD_PREFIX = f"batch_req_{os.urandom(8).hex()}"
+_record_numbers = itertools.count()
+
+
 def _record_id() -> str:
-    return f"batch_req_{os.urandom(12).hex()}"
+    return f"{_RECORD_PREFIX}{next(_record_numbers):08x}"
 
 
 def request_record(

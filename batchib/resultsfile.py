@@ -1,11 +1,13 @@
 """The results file on disk: append-only, durable by group commit, crash-tolerant.
 
-Guarantee: each record is handed to the kernel in one `write` system call the moment
-it is known, so a crashed or killed process (even kill -9) loses nothing it wrote and
-can tear at most the last line. Records are fsynced in groups — every
-:data:`FSYNC_EVERY_LINES` lines or :data:`FSYNC_INTERVAL_S` seconds, whichever comes
-first, and always before the summary is written — so a power loss loses at most that
-much, and those requests are simply sent again by the next run.
+Guarantee: each record is handed to the kernel by the end of the event-loop iteration
+in which it became known -- the records of one iteration together, in one `write` system
+call of whole lines -- so a crashed or killed process (even kill -9) loses nothing it
+wrote and can tear at most the last line. (A record not yet handed over when the process
+dies is a request whose answer was lost: the next run sends it again.) Records are
+fsynced in groups — every :data:`FSYNC_EVERY_LINES` lines or :data:`FSYNC_INTERVAL_S`
+seconds, whichever comes first, and always before the summary is written — so a power
+loss loses at most that much, and those requests are simply sent again by the next run.
 
 A torn last line left by a crash is moved to ``OUTPUT.torn`` before a run appends,
 never dropped silently.
@@ -92,7 +94,7 @@ def set_aside_torn_tail(path: Path) -> int:
 
 
 class ResultsFile:
-    """Append-only writer: one `write` per record, fsync in groups (see module doc)."""
+    """Append-only writer: one `write` per loop iteration, fsync in groups (module doc)."""
 
     def __init__(self, path: Path, *, overwrite: bool = False) -> None:
         self.path = path
@@ -105,12 +107,38 @@ class ResultsFile:
         self._synced_at = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self._failed: OutputError | None = None
+        self._pending: list[bytes] = []
 
     def write(self, record: dict[str, Any]) -> None:
         if self._failed is not None:
             raise self._failed
-        self._write_all(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
-        self._unsynced += 1
+        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (compact, tests): at once
+            self._write_all(line)
+            self._written(1)
+            return
+        if not self._pending:
+            loop.call_soon(self._flush_pending)
+        self._pending.append(line)
+
+    def _flush_pending(self) -> None:
+        # A loop callback cannot raise to anyone: keep the error for the next call.
+        try:
+            self._flush()
+        except OutputError as exc:
+            self._failed = exc
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        self._write_all(lines[0] if len(lines) == 1 else b"".join(lines))
+        self._written(len(lines))
+
+    def _written(self, count: int) -> None:
+        self._unsynced += count
         if (
             self._unsynced >= FSYNC_EVERY_LINES
             or time.monotonic() - self._synced_at >= FSYNC_INTERVAL_S
@@ -134,6 +162,7 @@ class ResultsFile:
 
     def sync(self) -> None:
         """Make every record written so far durable."""
+        self._flush()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

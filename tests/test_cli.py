@@ -408,3 +408,21 @@ def test_requests_in_flight_never_exceed_concurrency(
     assert gateway.peak_in_flight <= 4
     # The limit is reached, so the test shows something: 60 requests of 10-30 ms each.
     assert gateway.peak_in_flight > 1
+
+
+@pytest.mark.parametrize("choice", ["default", "asyncio"])
+def test_the_summary_names_the_event_loop_the_run_went_on(
+    choice, sample, run_batchib, start_simulator, tmp_path
+):
+    # uvloop when installed (the test extra installs it, as `batchib[fast]` does), unless
+    # BATCHIB_EVENT_LOOP=asyncio; the run's results are the same either way.
+    url = start_simulator()
+    env = {} if choice == "default" else {"BATCHIB_EVENT_LOOP": "asyncio"}
+    run = run_batchib(
+        sample("prompts.jsonl"), "-o", "out.jsonl", "--model", MODEL, "--base-url", url, env=env
+    )
+    assert run.status == 0, run.stderr
+    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
+    expected = "uvloop" if choice == "default" else "asyncio"
+    assert summary["event_loop"] == expected
+    assert summary["counts"]["succeeded"] == summary["counts"]["lines"] > 0

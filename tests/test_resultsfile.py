@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from batchib import resultsfile
+from batchib.errors import OutputError
 from batchib.resultsfile import ResultsFile, private_mode, set_aside_torn_tail, torn_path
 
 
@@ -140,3 +141,53 @@ def test_each_record_is_one_write_call(tmp_path: Path, monkeypatch: pytest.Monke
     results.close()
 
     assert len(writes) == 1 and writes[0].endswith(b"}\n")
+
+
+def test_records_of_one_loop_iteration_go_out_in_one_write_of_whole_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def spy(fd: int, data: bytes | memoryview) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(resultsfile.os, "write", spy)
+    path = tmp_path / "out.jsonl"
+
+    async def scenario() -> None:
+        results = ResultsFile(path)
+        for i in range(5):
+            results.write({"i": i})
+        assert writes == []  # handed over at the end of this iteration
+        await asyncio.sleep(0)
+        assert len(writes) == 1
+        assert path.read_bytes().count(b"\n") == 5  # in the file before close or fsync
+        results.write({"i": 5})
+        await asyncio.sleep(0)
+        results.write({"i": 6})
+        results.close()  # hands over what is pending
+
+    asyncio.run(scenario())
+    assert len(writes) == 3
+    assert [orjson.loads(line)["i"] for line in path.read_bytes().splitlines()] == list(range(7))
+
+
+def test_a_failed_write_in_the_loop_is_raised_by_the_next_write_and_by_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(28, "No space left on device")
+
+    async def scenario() -> None:
+        results = ResultsFile(tmp_path / "out.jsonl")
+        monkeypatch.setattr(resultsfile.os, "write", disk_full)
+        results.write({"i": 0})
+        await asyncio.sleep(0)
+        with pytest.raises(OutputError, match="No space left"):
+            results.write({"i": 1})
+        with pytest.raises(OutputError, match="No space left"):
+            results.close()
+
+    asyncio.run(scenario())
