@@ -36,6 +36,8 @@ class RateMeter:
 
     def _advance(self) -> int:
         now_index = math.floor(self._clock() / BIN_S)
+        if now_index == self._bin_index:  # the usual case: still in the same bin
+            return now_index
         stale = min(now_index - self._bin_index, WINDOW_BINS)
         for step in range(1, stale + 1):
             self._bins[(self._bin_index + step) % WINDOW_BINS] = 0.0

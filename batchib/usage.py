@@ -27,17 +27,32 @@ class TokenUsage:
     reasoning_tokens: int = 0
 
     def add(self, usage: dict[str, Any]) -> None:
+        self.add_counts(usage_counts(usage))
+
+    def add_counts(self, counts: tuple[int, int, int, int, int]) -> None:
+        """Add one response's :func:`usage_counts` (read once, added to several totals)."""
+        prompt, completion, total, cached, reasoning = counts
         self.requests += 1
-        self.prompt_tokens += _int(usage.get("prompt_tokens"))
-        self.completion_tokens += _int(usage.get("completion_tokens"))
-        self.total_tokens += _int(usage.get("total_tokens"))
-        self.cached_tokens += _int(_detail(usage, "prompt_tokens_details", "cached_tokens"))
-        self.reasoning_tokens += _int(
-            _detail(usage, "completion_tokens_details", "reasoning_tokens")
-        )
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.total_tokens += total
+        self.cached_tokens += cached
+        self.reasoning_tokens += reasoning
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+def usage_counts(usage: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """A usage object's prompt, completion, total, cached and reasoning tokens; a field
+    that is missing or not an integer counts 0."""
+    return (
+        _int(usage.get("prompt_tokens")),
+        _int(usage.get("completion_tokens")),
+        _int(usage.get("total_tokens")),
+        _int(_detail(usage, "prompt_tokens_details", "cached_tokens")),
+        _int(_detail(usage, "completion_tokens_details", "reasoning_tokens")),
+    )
 
 
 def _int(value: Any) -> int:
@@ -134,9 +149,10 @@ class RunStats:
             self.estimated_with[estimator] += 1
             served = body.get("model")
             served_model = served if isinstance(served, str) else "(unknown)"
-            self.total.add(usage)
-            self.by_requested_model.setdefault(requested_model, TokenUsage()).add(usage)
-            self.by_served_model.setdefault(served_model, TokenUsage()).add(usage)
+            counts = usage_counts(usage)
+            self.total.add_counts(counts)
+            self.by_requested_model.setdefault(requested_model, TokenUsage()).add_counts(counts)
+            self.by_served_model.setdefault(served_model, TokenUsage()).add_counts(counts)
             if self.spend is not None:
                 self.spend.add(requested_model, served_model, usage)
         for choice in body.get("choices") or ():
