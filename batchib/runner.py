@@ -14,6 +14,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ from batchib.tokens import (
 from batchib.usage import RunStats
 
 READ_BATCH = 256  # lines parsed per trip to the reader thread
+READER_FINISH_S = 5.0  # how long an interrupted run waits for a batch being read
 
 Item = Request | InvalidLine
 Queue = asyncio.Queue[tuple[int, Request] | None]
@@ -144,6 +146,7 @@ class _Pipeline:
         )
         self.stats = RunStats(spend=Spend(prices) if prices is not None else None)
         self.budget = budget
+        self.reading: Future[list[tuple[Item, bool]]] | None = None
         self.order: CompletionOrder | InputOrder = (
             InputOrder(sink, settings.reorder_window)
             if settings.order_input
@@ -152,9 +155,14 @@ class _Pipeline:
 
     async def run(self, items: Iterable[Item]) -> None:
         queue: Queue = asyncio.Queue(self.settings.concurrency * 2)
+        # One reader thread of our own, not asyncio's default pool: that pool may start a
+        # new thread for a batch asked for while the last thread is still marking itself
+        # idle, and each thread brings its own malloc arena (memory that grows with the
+        # run instead of staying flat).
+        reader = ThreadPoolExecutor(1, thread_name_prefix="batchib-reader")
         try:
             async with asyncio.TaskGroup() as group:
-                producer = group.create_task(self.produce(iter(items), queue))
+                producer = group.create_task(self.produce(iter(items), queue, reader))
                 workers = [
                     group.create_task(self.work(queue)) for _ in range(self.settings.concurrency)
                 ]
@@ -163,11 +171,20 @@ class _Pipeline:
                 enforcer.cancel()
         finally:
             self.order.finish()
+            # A batch being read when the producer was cancelled (the grace period ran
+            # out) still uses the id store: let it finish before the caller closes that.
+            # Not forever: a read blocked on a silent stdin is left behind.
+            if self.reading is not None and not self.reading.done():
+                await asyncio.wait([asyncio.wrap_future(self.reading)], timeout=READER_FINISH_S)
+            reader.shutdown(wait=False, cancel_futures=True)
 
-    async def produce(self, items: Iterator[Item], queue: Queue) -> None:
+    async def produce(self, items: Iterator[Item], queue: Queue, reader: Executor) -> None:
         while not self.control.stopping:
             try:
-                batch = await asyncio.to_thread(_take, items, READ_BATCH, self.is_done)
+                # The thread's own future: cancelling the await below does not stop a
+                # batch already being read, and run() waits for exactly that.
+                self.reading = reader.submit(_take, items, READ_BATCH, self.is_done)
+                batch = await asyncio.wrap_future(self.reading)
             except OSError as exc:
                 raise InputError(f"cannot read the input: {exc}") from exc
             if not batch:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from typing import Any
 
 import pytest
@@ -405,3 +406,30 @@ def test_tokens_are_counted_exactly_only_once_a_token_limit_applies() -> None:
     # chars/4); "user" 1 either way; 3 per message and 3 for the reply primer.
     assert limited.stats.estimated_prompt_tokens == 5 * (6 + 1 + 3 + 3)
     assert unlimited.stats.estimated_prompt_tokens == 5 * (5 + 1 + 3 + 3)
+
+
+def test_the_input_is_read_by_one_thread_of_its_own_for_the_whole_run() -> None:
+    # asyncio's default pool may start a new thread per batch (each with its own malloc
+    # arena, so memory creeps up with the input); the reader is one dedicated thread.
+    threads: set[str] = set()
+
+    def is_done(request: Request) -> bool:
+        threads.add(threading.current_thread().name)
+        return False
+
+    items = requests(*[f"p{i}" for i in range(1000)])  # four batches of 256
+    sink = ListSink()
+
+    async def go() -> RunOutcome:
+        async with ScriptedGateway().serving() as url:
+            return await run_batch(
+                items,
+                RunSettings(api_key=ApiKey(KEY), base_url=url, concurrency=8),
+                sink,
+                is_done=is_done,
+            )
+
+    outcome = asyncio.run(go())
+    assert outcome.stats.succeeded == 1000
+    assert len(threads) == 1
+    assert threads.pop().startswith("batchib-reader")
