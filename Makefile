@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: demo test bench bench-core bench-limits bench-crash fmt clean
+.PHONY: demo test bench bench-profile bench-all bench-limits bench-crash fmt clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,8 @@ demo: $(STAMP)
 	exit $$status
 
 test: $(STAMP)
-	$(BIN)/ruff format --check batchib tests
-	$(BIN)/ruff check batchib tests
+	$(BIN)/ruff format --check batchib tests bench
+	$(BIN)/ruff check batchib tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
@@ -42,12 +42,20 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-# Every benchmark; writes bench/results-*.json. About 25 minutes on 2 cores.
-bench: bench-core bench-limits bench-crash
+# The performance suite (bench/perf.py, under 10 minutes on 2 cores): batchib vs a bare
+# aiohttp floor and the OpenAI SDK against a canned server (instant and 20 ms, -c 64 and
+# 256), peak RSS up to 1M input lines, start-up, estimate speed. Every output is checked.
+# Prints a markdown table; writes bench/results.json.
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/perf.py
 
-# Throughput and memory of the real CLI against the simulator (a few minutes).
-bench-core: $(STAMP)
-	$(BIN)/python bench/core.py --rss-lines 20000,200000,1000000
+# One batchib run under py-spy (instant server, -c 64) after a quick pass of the suite:
+# the top functions by self and inclusive time in bench/profile.txt.
+bench-profile: $(BENCH_STAMP)
+	$(BIN)/python bench/perf.py --profile --skip-sdk --repeats 1 --rss-lines 20000
+
+# Every benchmark: the suite, then limits/faults and crash/resume (roughly 20 minutes more).
+bench-all: bench bench-limits bench-crash
 
 # Rate limits and faults, batchib vs the OpenAI SDK, judged from the simulator's log.
 bench-limits: $(BENCH_STAMP)
@@ -59,8 +67,8 @@ bench-crash: $(STAMP)
 	$(BIN)/python bench/crash.py --kills 10 --signal TERM
 
 fmt: $(STAMP)
-	$(BIN)/ruff format batchib tests
-	$(BIN)/ruff check --fix batchib tests
+	$(BIN)/ruff format batchib tests bench
+	$(BIN)/ruff check --fix batchib tests bench
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -23,6 +23,7 @@ import asyncio
 import json
 import signal
 from pathlib import Path
+from typing import cast
 
 PROMPT_TOKENS = 14
 COMPLETION_TOKENS = 9
@@ -75,8 +76,8 @@ class CannedProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport; uvloop's TCPTransport is not an asyncio.Transport subclass.
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

@@ -13,25 +13,24 @@ SIGTERM nothing at all may be. Writes bench/results-crash-<signal>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BATCHIB = [sys.executable, "-m", "batchib"]
+from harness import BATCHIB, ROOT, start_with_port_file, write_shorthand
 
 
 def start_simulator(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     log = workdir / "server.jsonl"
     url_file = workdir / "url"
-    process = subprocess.Popen(
+    process, url = start_with_port_file(
         [
             *BATCHIB,
             "simulate",
@@ -52,15 +51,11 @@ def start_simulator(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
             "--seed",
             "7",
         ],
+        url_file,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 20
-    while not url_file.exists():  # a benchmark waiting for its child
-        if time.monotonic() > deadline:
-            raise SystemExit("the simulator did not start")
-        time.sleep(0.05)
-    return process, url_file.read_text().strip(), log
+    return process, url, log
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -84,13 +79,7 @@ def run_trial(
 ) -> dict[str, Any]:
     """One trial: a fresh output, one run killed at a random moment, one resume."""
     source = workdir / f"in-{trial}.jsonl"
-    prompts = [f"trial {trial} question {i}" for i in range(requests)]
-    source.write_text(
-        "".join(
-            json.dumps({"id": f"r{i}", "prompt": p, "max_tokens": 20}) + "\n"
-            for i, p in enumerate(prompts)
-        )
-    )
+    write_shorthand(source, requests, prompt=lambda i: f"trial {trial} question {i}", max_tokens=20)
     output = workdir / f"out-{trial}.jsonl"
     env = {**os.environ, "BATCHIB_API_KEY": "crash-bench-key"}
     command = [
@@ -163,10 +152,8 @@ def read_jsonl_tolerant(path: Path) -> list[dict[str, Any]]:
     out = []
     if path.exists():
         for line in path.read_bytes().splitlines():
-            try:
+            with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
-            except ValueError:
-                pass
     return out
 
 

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BATCHIB = [sys.executable, "-m", "batchib"]
+from harness import BATCHIB, ROOT, start_with_port_file, write_shorthand
+
 RPM, TPM = 1200, 200_000
 MODEL = "gpt-5.4-mini"
 FAULTS = [
@@ -53,7 +53,7 @@ class Simulator:
     def __init__(self, workdir: Path, name: str, args: Sequence[str]) -> None:
         self.log = workdir / f"{name}.server.jsonl"
         url_file = workdir / f"{name}.url"
-        self.process = subprocess.Popen(
+        self.process, self.url = start_with_port_file(
             [
                 *BATCHIB,
                 "simulate",
@@ -65,14 +65,9 @@ class Simulator:
                 str(self.log),
                 *args,
             ],
+            url_file,
             stdout=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 20
-        while not url_file.exists():  # a benchmark script waiting for a child, not product code
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise SystemExit("the simulator did not start")
-            time.sleep(0.05)
-        self.url = url_file.read_text().strip()
 
     def stop(self) -> list[dict[str, Any]]:
         self.process.terminate()
@@ -81,10 +76,12 @@ class Simulator:
 
 
 def write_input(path: Path, count: int) -> None:
-    with open(path, "w") as stream:
-        for i in range(count):
-            prompt = f"Question {i}: in two sentences, why does the sky look blue at noon?"
-            stream.write(json.dumps({"id": f"r{i}", "prompt": prompt, "max_tokens": 100}) + "\n")
+    write_shorthand(
+        path,
+        count,
+        prompt=lambda i: f"Question {i}: in two sentences, why does the sky look blue at noon?",
+        max_tokens=100,
+    )
 
 
 def run_batchib(
@@ -304,7 +301,9 @@ def main() -> None:
     # Scenarios run with --only are merged into the previous results of the same size.
     previous = json.loads(out.read_text()) if out.exists() else {}
     results: dict[str, Any] = {
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
         "date": time.strftime("%Y-%m-%d"),
         "requests": args.requests,
         "limits": {"rpm": RPM, "tpm": TPM},
