@@ -100,25 +100,33 @@ def parse_object(
     obj: Any, file: str, line: int, defaults: RequestDefaults
 ) -> Request | InvalidLine:
     """Turn one decoded input line (any of the three formats) into a Request or not."""
-    custom_id = positional_id(file, line)
     if not isinstance(obj, dict):
         kind = type(obj).__name__ if obj is not None else "null"
         return InvalidLine(
-            custom_id, file, line, "not_an_object", f"expected a JSON object, got {kind}"
+            positional_id(file, line),
+            file,
+            line,
+            "not_an_object",
+            f"expected a JSON object, got {kind}",
         )
+    line_id: str | None = None
     try:
         line_id, body, metadata = _recognise(obj)
-        if line_id is not None:
-            custom_id = line_id
         _apply_defaults(body, defaults)
         _validate_body(body)
         body_bytes = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     except LineError as exc:
-        return InvalidLine(custom_id, file, line, exc.code, exc.message)
+        return InvalidLine(line_id or positional_id(file, line), file, line, exc.code, exc.message)
     except TypeError as exc:  # orjson.JSONEncodeError: only from a caller's own objects
-        return InvalidLine(custom_id, file, line, "invalid_body", f"not JSON-serialisable: {exc}")
+        return InvalidLine(
+            line_id or positional_id(file, line),
+            file,
+            line,
+            "invalid_body",
+            f"not JSON-serialisable: {exc}",
+        )
     return Request(
-        custom_id=custom_id,
+        custom_id=line_id if line_id is not None else positional_id(file, line),
         body=body,
         body_bytes=body_bytes,
         body_hash=hash_body(body_bytes),
