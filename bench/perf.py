@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import importlib.util
 import os
 import platform
@@ -310,12 +311,6 @@ def run_batchib(
     return Run.of("batchib" if loop is None else f"batchib-{loop}", requests, measured, ran_on)
 
 
-def run_batchib_asyncio(
-    source: Path, output: Path, url: str, concurrency: int, requests: int, label: str
-) -> Run:
-    return run_batchib(source, output, url, concurrency, requests, label, loop="asyncio")
-
-
 def run_floor(
     source: Path,
     output: Path,
@@ -342,12 +337,6 @@ def run_floor(
     return Run.of("floor" if loop is None else f"floor-{loop}", requests, measured)
 
 
-def run_floor_uvloop(
-    source: Path, output: Path, url: str, concurrency: int, requests: int, label: str
-) -> Run:
-    return run_floor(source, output, url, concurrency, requests, label, loop="uvloop")
-
-
 def run_sdk(
     source: Path, output: Path, url: str, concurrency: int, requests: int, label: str
 ) -> Run:
@@ -371,9 +360,9 @@ def run_sdk(
 
 CLIENTS = {
     "batchib": run_batchib,
-    "batchib-asyncio": run_batchib_asyncio,
+    "batchib-asyncio": functools.partial(run_batchib, loop="asyncio"),
     "floor": run_floor,
-    "floor-uvloop": run_floor_uvloop,
+    "floor-uvloop": functools.partial(run_floor, loop="uvloop"),
     "sdk": run_sdk,
 }
 CLIENT_NAMES = {

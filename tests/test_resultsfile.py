@@ -127,15 +127,21 @@ def test_a_quiet_spell_syncs_the_last_lines_without_another_write(
     asyncio.run(scenario())
 
 
-def test_each_record_is_one_write_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    writes: list[bytes] = []
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every os.write the results file makes, in order (the writes still happen)."""
+    made: list[bytes] = []
     real_write = os.write
 
     def spy(fd: int, data: bytes | memoryview) -> int:
-        writes.append(bytes(data))
+        made.append(bytes(data))
         return real_write(fd, data)
 
     monkeypatch.setattr(resultsfile.os, "write", spy)
+    return made
+
+
+def test_each_record_is_one_write_call(tmp_path: Path, writes: list[bytes]) -> None:
     results = ResultsFile(tmp_path / "out.jsonl")
     results.write({"custom_id": "a", "text": "x" * 10_000})
     results.close()
@@ -144,16 +150,8 @@ def test_each_record_is_one_write_call(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_records_of_one_loop_iteration_go_out_in_one_write_of_whole_lines(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, writes: list[bytes]
 ) -> None:
-    writes: list[bytes] = []
-    real_write = os.write
-
-    def spy(fd: int, data: bytes | memoryview) -> int:
-        writes.append(bytes(data))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(resultsfile.os, "write", spy)
     path = tmp_path / "out.jsonl"
 
     async def scenario() -> None:
