@@ -748,6 +748,71 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 6's targets, each with what this run measured and whether it is met (None:
+    not measured in this run)."""
+    cells = {(c["server"], c["concurrency"]): c for c in results.get("throughput", [])}
+    instant, slow = cells.get(("instant", 64)), cells.get(("20 ms", 64))
+    checks: list[tuple[str, float | None, str, bool | None]] = []
+
+    def add(name: str, value: float | None, shown: str, met: bool | None) -> None:
+        checks.append((name, value, shown, met))
+
+    if instant is not None:
+        ratio = instant["vs_floor"]["batchib"]
+        add(
+            "instant c=64: batchib req/s >= 1.0x the floor",
+            ratio["requests_per_s"],
+            f"{ratio['requests_per_s']:.2f}{TIMES}",
+            ratio["requests_per_s"] >= 1.0,
+        )
+        add(
+            "instant c=64: batchib CPU per request <= 1.2x the floor",
+            ratio["cpu_ms_per_request"],
+            f"{ratio['cpu_ms_per_request']:.2f}{TIMES}",
+            ratio["cpu_ms_per_request"] <= 1.2,
+        )
+        sdk = instant["vs_sdk"].get("batchib")
+        add(
+            "instant c=64: batchib req/s >= 10x the OpenAI SDK",
+            sdk,
+            "not run" if sdk is None else f"{sdk:.1f}{TIMES}",
+            None if sdk is None else sdk >= 10,
+        )
+    if slow is not None:
+        share = slow["of_ceiling"]["batchib"]
+        add("20 ms c=64: batchib >= 95% of 64 / 20 ms", share, f"{share:.0%}", share >= 0.95)
+    mem = results.get("memory")
+    if mem and mem["runs"]:
+        largest = max(mem["runs"], key=lambda run: run["lines"])
+        add(
+            f"peak RSS at {largest['lines']:,} lines < {RSS_LIMIT_MB:.0f} MB",
+            largest["peak_rss_mb"],
+            f"{largest['peak_rss_mb']:.1f} MB",
+            bool(mem["under_100_mb"]),
+        )
+        add(
+            "peak RSS flat (largest input within 10% of the smallest)",
+            mem.get("largest_vs_smallest_rss"),
+            "one size only" if mem["flat"] is None else f"{mem['largest_vs_smallest_rss']:+.1%}",
+            mem["flat"],
+        )
+    if results.get("startup"):
+        help_s = results["startup"]["help_wall_s_median"]
+        add("batchib --help < 0.3 s", help_s, f"{help_s:.3f} s", help_s < 0.3)
+    return [
+        {"target": name, "measured": value, "shown": shown, "met": met}
+        for name, value, shown, met in checks
+    ]
+
+
+def targets_text(checks: list[dict[str, Any]]) -> str:
+    mark = {True: "met", False: "NOT MET", None: "not judged"}
+    return "\n".join(
+        f"  {mark[check['met']]:>10}  {check['target']}: {check['shown']}" for check in checks
+    )
+
+
 # --- main ---------------------------------------------------------------------------------
 
 
@@ -907,8 +972,11 @@ def main() -> None:
     results["total_wall_s"] = round(time.perf_counter() - started, 1)
     table = markdown(results)
     results["table_markdown"] = table
+    results["targets"] = targets(results)
     print()
     print(table)
+    print("\ntargets (issue 6):")
+    print(targets_text(results["targets"]))
     if target is not None:
         target.write_text(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")
         print(f"\nwritten: {target}")
