@@ -316,9 +316,16 @@ def main() -> None:
         write_input(workdir / "input.jsonl", args.requests)
         for number in (int(n) for n in args.only.split(",")):
             print(f"scenario {number} ...", flush=True)
+            earlier = results["scenarios"].get(str(number), {})
             results["scenarios"][str(number)] = scenario(
                 number, workdir, args.requests, not args.no_sdk
             )
+            if args.no_sdk and "openai_sdk" in earlier:
+                # --no-sdk reruns batchib alone: the SDK's earlier figures stay, dated.
+                results["scenarios"][str(number)]["openai_sdk"] = earlier["openai_sdk"]
+                results["scenarios"][str(number)]["openai_sdk_measured"] = earlier.get(
+                    "openai_sdk_measured", previous.get("date")
+                )
             print(json.dumps(results["scenarios"][str(number)], indent=1), flush=True)
             out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written: {out}")
