@@ -152,8 +152,11 @@ class Limits:
         delay = self._hold_until - self._clock()
         if delay > 0:
             await asyncio.sleep(delay)
-        await self.requests.take(1)
-        await self.tokens.take(tokens)
+        # No coroutine at all for a dimension with no bucket (nothing known yet).
+        if self.requests.bucket is not None:
+            await self.requests.take(1)
+        if self.tokens.bucket is not None:
+            await self.tokens.take(tokens)
         seq = next(self._seq)
         self._last_seq = seq
         self.requests.rate.sent.add(1)

@@ -151,8 +151,8 @@ class RunStats:
             served_model = served if isinstance(served, str) else "(unknown)"
             counts = usage_counts(usage)
             self.total.add_counts(counts)
-            self.by_requested_model.setdefault(requested_model, TokenUsage()).add_counts(counts)
-            self.by_served_model.setdefault(served_model, TokenUsage()).add_counts(counts)
+            _usage_of(self.by_requested_model, requested_model).add_counts(counts)
+            _usage_of(self.by_served_model, served_model).add_counts(counts)
             if self.spend is not None:
                 self.spend.add(requested_model, served_model, usage)
         for choice in body.get("choices") or ():
@@ -167,6 +167,14 @@ class RunStats:
     def add_invalid(self, code: str) -> None:
         self.invalid += 1
         self.failures_by_code[code] += 1
+
+
+def _usage_of(by_model: dict[str, TokenUsage], model: str) -> TokenUsage:
+    # Not setdefault(model, TokenUsage()): that builds a new TokenUsage every call.
+    usage = by_model.get(model)
+    if usage is None:
+        usage = by_model[model] = TokenUsage()
+    return usage
 
 
 def summarise(stats: RunStats, wall_time_s: float) -> dict[str, Any]:
