@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,23 +15,12 @@ from aiohttp import web
 from batchib.config import ApiKey, RunSettings
 from batchib.errors import ConfigError
 from batchib.lock import LockedError, OutputLock
-from tests.conftest import ENV_TO_CLEAR, CliRun
-from tests.test_signals import CountingGateway, write_prompts
+from tests.conftest import CliRun
+from tests.test_signals import CountingGateway, start_run, write_prompts
 
 
 def start_cli(tmp_path: Path, url: str, key: str, *extra: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_TO_CLEAR}
-    env["BATCHIB_API_KEY"] = key
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "batchib", "run", "in.jsonl", "-o", "out.jsonl"),
-            *("--model", "gpt-5.4", "--base-url", url, "-c", "2", *extra),
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    return start_run(tmp_path, url, key, *extra, concurrency=2)
 
 
 def test_a_second_lock_on_the_same_output_is_refused_naming_the_holder(tmp_path: Path) -> None:

@@ -48,13 +48,16 @@ def write_prompts(path: Path) -> Path:
     return path
 
 
-def start_run(tmp_path: Path, url: str, key: str, *extra: str) -> subprocess.Popen[bytes]:
+def start_run(
+    tmp_path: Path, url: str, key: str, *extra: str, concurrency: int = 4
+) -> subprocess.Popen[bytes]:
+    """`batchib run in.jsonl -o out.jsonl` in the background, in tmp_path."""
     env = {k: v for k, v in os.environ.items() if k not in ENV_TO_CLEAR}
     env["BATCHIB_API_KEY"] = key
     return subprocess.Popen(
         [
             *(sys.executable, "-m", "batchib", "run", "in.jsonl", "-o", "out.jsonl"),
-            *("--model", "gpt-5.4", "--base-url", url, "-c", "4", *extra),
+            *("--model", "gpt-5.4", "--base-url", url, "-c", str(concurrency), *extra),
         ],
         cwd=tmp_path,
         env=env,
