@@ -24,38 +24,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import BATCHIB, ROOT, start_with_port_file, write_shorthand
+from harness import BATCHIB, ROOT, start_logging_simulator, write_shorthand
 
 
 def start_simulator(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    log = workdir / "server.jsonl"
-    url_file = workdir / "url"
-    process, url = start_with_port_file(
+    return start_logging_simulator(
+        workdir,
+        "server",
         [
-            *BATCHIB,
-            "simulate",
-            "--port",
-            "0",
-            "--port-file",
-            str(url_file),
-            "--log",
-            str(log),
-            "--latency-ms",
-            "50",
-            "--fail-500",
-            "0.02",
-            "--fail-503",
-            "0.02",
-            "--drop",
-            "0.01",
-            "--seed",
-            "7",
+            *("--latency-ms", "50", "--fail-500", "0.02", "--fail-503", "0.02"),
+            *("--drop", "0.01", "--seed", "7"),
         ],
-        url_file,
-        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    return process, url, log
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -58,6 +58,25 @@ def start_with_port_file(
         time.sleep(0.05)
 
 
+def start_logging_simulator(
+    workdir: Path, name: str, args: Sequence[str], *, stderr: Sink = None
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`batchib simulate` on a free port with a request log: (process, URL, log path)."""
+    log = workdir / f"{name}.server.jsonl"
+    url_file = workdir / f"{name}.url"
+    process, url = start_with_port_file(
+        [
+            *(*BATCHIB, "simulate", "--port", "0"),
+            *("--port-file", str(url_file), "--log", str(log)),
+            *args,
+        ],
+        url_file,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+    return process, url, log
+
+
 @dataclass
 class Measured:
     """One finished child: its wall time (around Popen and wait4), own rusage, output."""

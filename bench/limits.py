@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import BATCHIB, ROOT, start_with_port_file, write_shorthand
+from harness import BATCHIB, ROOT, start_logging_simulator, write_shorthand
 
 RPM, TPM = 1200, 200_000
 MODEL = "gpt-5.4-mini"
@@ -51,23 +51,7 @@ FAULTS = [
 
 class Simulator:
     def __init__(self, workdir: Path, name: str, args: Sequence[str]) -> None:
-        self.log = workdir / f"{name}.server.jsonl"
-        url_file = workdir / f"{name}.url"
-        self.process, self.url = start_with_port_file(
-            [
-                *BATCHIB,
-                "simulate",
-                "--port",
-                "0",
-                "--port-file",
-                str(url_file),
-                "--log",
-                str(self.log),
-                *args,
-            ],
-            url_file,
-            stdout=subprocess.DEVNULL,
-        )
+        self.process, self.url, self.log = start_logging_simulator(workdir, name, args)
 
     def stop(self) -> list[dict[str, Any]]:
         self.process.terminate()
