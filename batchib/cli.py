@@ -599,10 +599,10 @@ def _progress(job: Job, show: bool) -> Iterator[Any]:
     if not show:
         yield None
         return
-    from batchib.inputs import count_items
     from batchib.progress import ProgressBar
+    from batchib.source import count_lines
 
-    with ProgressBar(count_items(job.inputs)) as bar:
+    with ProgressBar(count_lines(job.inputs)) as bar:
         yield bar
 
 
@@ -757,20 +757,20 @@ def _print_estimate(
 ) -> NoReturn:
     from batchib.estimate import estimate as make_estimate
     from batchib.idstore import IdStore
-    from batchib.inputs import read_requests
+    from batchib.source import InputFiles
 
     for name in inputs:
         if name != "-" and not Path(name).is_file():
             _fail(f"input {name} does not exist or is not a file")
     ids = IdStore()
-    items: Any = read_requests(inputs, defaults, ids)
+    items: Any = InputFiles(inputs, defaults, ids)
     bar = None
     if sys.stderr.isatty():
         from tqdm import tqdm
 
-        from batchib.inputs import count_items
+        from batchib.source import count_lines
 
-        items = bar = tqdm(items, total=count_items(inputs), unit="line", file=sys.stderr)
+        items = bar = tqdm(items, total=count_lines(inputs), unit="line", file=sys.stderr)
     try:
         result = make_estimate(items, settings, prices)
     except OSError as exc:

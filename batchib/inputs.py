@@ -1,5 +1,6 @@
-"""Reading JSONL input: recognising the three line formats, merging defaults, and
-turning every bad line into an :class:`InvalidLine` with its file and line number.
+"""Input lines: recognising the three line formats, merging defaults, and turning every
+bad line into an :class:`InvalidLine` with its file and line number. (Reading the files
+in blocks is :mod:`batchib.source`.)
 
 Formats (one JSON object per line, blank lines ignored):
 
@@ -12,25 +13,22 @@ Formats (one JSON object per line, blank lines ignored):
 from __future__ import annotations
 
 import hashlib
-import itertools
+import io
 import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, cast
 
 import orjson
 
 from batchib.config import RequestDefaults
-from batchib.idstore import IdStore
 
 STDIN = "-"
 CHAT_URLS = frozenset({"/v1/chat/completions", "/chat/completions"})
 ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
 BATCH_KEYS = frozenset({"custom_id", "method", "url", "body", "metadata"})
-UTF8_BOM = b"\xef\xbb\xbf"
 # orjson keeps integers in [-2**63, 2**64 - 1] exactly; beyond that it rounds to float.
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1
 LONG_DIGITS = re.compile(rb"\d{19}")
@@ -291,88 +289,14 @@ def _validate_body(body: dict[str, Any]) -> None:
     _positive_int(body, "max_completion_tokens")
 
 
-def _open(path: str) -> BinaryIO:
+def open_input(path: str) -> io.BufferedReader:
+    """The binary stream of an input file, or stdin's for "-"."""
     if path == STDIN:
-        return sys.stdin.buffer
+        return cast(io.BufferedReader, sys.stdin.buffer)
     return open(path, "rb")
-
-
-def read_lines(paths: Iterable[str]) -> Iterator[tuple[str, int, bytes]]:
-    """Yield (file, line number, raw bytes) for every non-blank line, streaming."""
-    for path in paths:
-        stream = _open(path)
-        try:
-            for number, raw in enumerate(stream, start=1):
-                if number == 1 and raw.startswith(UTF8_BOM):
-                    raw = raw[len(UTF8_BOM) :]
-                if raw.strip():
-                    yield path, number, raw
-        finally:
-            if stream is not sys.stdin.buffer:
-                stream.close()
-
-
-def read_requests(
-    paths: Iterable[str], defaults: RequestDefaults, ids: IdStore
-) -> Iterator[Request | InvalidLine]:
-    """Every line of every input as a Request or an InvalidLine, in input order.
-
-    A custom_id used a second time anywhere in the inputs makes that line invalid.
-    """
-    items = (parse_line(raw, file, number, defaults) for file, number, raw in read_lines(paths))
-    return reject_duplicates(items, ids)
-
-
-def read_objects(
-    objects: Iterable[Any], defaults: RequestDefaults, ids: IdStore, name: str = "<memory>"
-) -> Iterator[Request | InvalidLine]:
-    """Like :func:`read_requests` for lines already decoded (dicts), numbered from 1."""
-    items = (
-        parse_object(obj, name, number, defaults) for number, obj in enumerate(objects, start=1)
-    )
-    return reject_duplicates(items, ids)
-
-
-def reject_duplicates(
-    items: Iterable[Request | InvalidLine], ids: IdStore, batch: int = 256
-) -> Iterator[Request | InvalidLine]:
-    """`items`, with a line that repeats an earlier line's custom_id made invalid. Ids are
-    checked `batch` at a time: one statement for the lot when none repeats."""
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, batch)):
-        firsts = ids.first_uses([(item.custom_id, item.file, item.line) for item in chunk])
-        for item, first in zip(chunk, firsts, strict=True):
-            if first is not None and isinstance(item, Request):
-                # The record gets the line's positional id: the duplicated id belongs to
-                # the first line, and readers matching on custom_id must not see it fail.
-                yield InvalidLine(
-                    positional_id(item.file, item.line),
-                    item.file,
-                    item.line,
-                    "duplicate_custom_id",
-                    f"custom_id {item.custom_id!r} was already used at {first.file}:{first.line}",
-                )
-                continue
-            yield item
 
 
 def shard_of(custom_id: str, count: int) -> int:
     """The shard (1..count) a custom_id belongs to: stable across machines and runs."""
     digest = hashlib.sha256(custom_id.encode()).digest()
     return int.from_bytes(digest[:8], "big") % count + 1
-
-
-def in_shard(
-    items: Iterable[Request | InvalidLine], index: int, count: int
-) -> Iterator[Request | InvalidLine]:
-    """Only the items of shard `index` of `count` (every machine reads the whole input,
-    so duplicate ids are still found, and each line lands in exactly one shard)."""
-    return (item for item in items if shard_of(item.custom_id, count) == index)
-
-
-def count_items(paths: Iterable[str]) -> int | None:
-    """Number of non-blank lines in the inputs (a progress total), or None for stdin."""
-    paths = list(paths)
-    if STDIN in paths:
-        return None
-    return sum(1 for _ in read_lines(paths))

@@ -12,11 +12,12 @@ from batchib.config import Job, RequestDefaults, RunSettings
 from batchib.control import RunControl
 from batchib.eventloop import running_loop_name
 from batchib.idstore import IdStore
-from batchib.inputs import Request, in_shard, read_objects, read_requests
+from batchib.inputs import Request
 from batchib.manifest import differences, write_manifest
 from batchib.results import ResumeState, load_done
 from batchib.resultsfile import ResultsFile, set_aside_torn_tail, torn_path
 from batchib.runner import RunOutcome, run_batch
+from batchib.source import InputFiles, ObjectsInMemory
 from batchib.summary import append_ledger, utc_now, write_summary
 from batchib.tokens import tokenizer_installed
 from batchib.usage import RunStats, summarise
@@ -90,11 +91,8 @@ async def run_job(
             else None
         )
         try:
-            items = read_requests(job.inputs, job.defaults, ids)
-            if job.shard is not None:
-                items = in_shard(items, *job.shard)
             outcome = await run_batch(
-                items,
+                InputFiles(job.inputs, job.defaults, ids, job.shard),
                 job.settings,
                 results,
                 is_done=lambda request: _is_done(ids, request),
@@ -148,7 +146,7 @@ async def run_requests(
     ids = IdStore()
     try:
         outcome = await run_batch(
-            read_objects(lines, defaults or RequestDefaults(), ids), settings, sink
+            ObjectsInMemory(lines, defaults or RequestDefaults(), ids, "<memory>"), settings, sink
         )
     finally:
         ids.close()

@@ -1,20 +1,20 @@
 """The pipeline: reader → bounded queue → N workers → results file.
 
-Memory follows the concurrency, never the input: the reader runs a batch of lines at a
-time in a thread and blocks on the bounded queue; each worker holds one request; results
-are written the moment they are known. The policy that admits a request (rate limits)
+Memory follows the concurrency, never the input: a thread reads a block of raw lines at
+a time (see :mod:`batchib.source`), the producer parses it on the loop and blocks on the
+bounded queue; each worker holds one request; results are written the moment they are
+known. The policy that admits a request (rate limits)
 and the one that judges an answer (the client's verdict) live elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ from batchib.ordering import CompletionOrder, InputOrder, RecordSink
 from batchib.pricing import PriceTable, Spend
 from batchib.results import invalid_record, request_record
 from batchib.retry import backoff_s
+from batchib.source import PARSE_BATCH, ItemsInMemory, Source
 from batchib.tokens import (
     ROUGH_COUNTER,
     TokenCounter,
@@ -45,9 +46,6 @@ from batchib.tokens import (
     max_completion_tokens,
 )
 from batchib.usage import RunStats
-
-READ_BATCH = 256  # lines parsed per trip to the reader thread
-READER_FINISH_S = 5.0  # how long an interrupted run waits for a batch being read
 
 Item = Request | InvalidLine
 Queue = asyncio.Queue[tuple[int, Request] | None]
@@ -107,16 +105,6 @@ def _budget_stop(reason: str) -> Stop:
     )
 
 
-def _take(
-    items: Iterator[Item], count: int, is_done: Callable[[Request], bool]
-) -> list[tuple[Item, bool]]:
-    """Up to `count` items with their already-done flag (runs in the reader thread)."""
-    return [
-        (item, isinstance(item, Request) and is_done(item))
-        for item in itertools.islice(items, count)
-    ]
-
-
 class _Pipeline:
     def __init__(
         self,
@@ -146,23 +134,22 @@ class _Pipeline:
         )
         self.stats = RunStats(spend=Spend(prices) if prices is not None else None)
         self.budget = budget
-        self.reading: Future[list[tuple[Item, bool]]] | None = None
         self.order: CompletionOrder | InputOrder = (
             InputOrder(sink, settings.reorder_window)
             if settings.order_input
             else CompletionOrder(sink)
         )
 
-    async def run(self, items: Iterable[Item]) -> None:
+    async def run(self, source: Source) -> None:
         queue: Queue = asyncio.Queue(self.settings.concurrency * 2)
         # One reader thread of our own, not asyncio's default pool: that pool may start a
-        # new thread for a batch asked for while the last thread is still marking itself
+        # new thread for a block asked for while the last thread is still marking itself
         # idle, and each thread brings its own malloc arena (memory that grows with the
         # run instead of staying flat).
         reader = ThreadPoolExecutor(1, thread_name_prefix="batchib-reader")
         try:
             async with asyncio.TaskGroup() as group:
-                producer = group.create_task(self.produce(iter(items), queue, reader))
+                producer = group.create_task(self.produce(source, queue, reader))
                 workers = [
                     group.create_task(self.work(queue)) for _ in range(self.settings.concurrency)
                 ]
@@ -171,44 +158,48 @@ class _Pipeline:
                 enforcer.cancel()
         finally:
             self.order.finish()
-            # A batch being read when the producer was cancelled (the grace period ran
-            # out) still uses the id store: let it finish before the caller closes that.
-            # Not forever: a read blocked on a silent stdin is left behind.
-            if self.reading is not None and not self.reading.done():
-                await asyncio.wait([asyncio.wrap_future(self.reading)], timeout=READER_FINISH_S)
+            # The thread only reads (the id store is used on the loop alone): a read
+            # blocked on a silent stdin is left behind.
             reader.shutdown(wait=False, cancel_futures=True)
 
-    async def produce(self, items: Iterator[Item], queue: Queue, reader: Executor) -> None:
+    async def produce(self, source: Source, queue: Queue, reader: Executor) -> None:
         while not self.control.stopping:
             try:
-                # The thread's own future: cancelling the await below does not stop a
-                # batch already being read, and run() waits for exactly that.
-                self.reading = reader.submit(_take, items, READ_BATCH, self.is_done)
-                batch = await asyncio.wrap_future(self.reading)
+                if source.blocking:
+                    block = await asyncio.wrap_future(reader.submit(source.read_block))
+                else:
+                    block = source.read_block()
             except OSError as exc:
                 raise InputError(f"cannot read the input: {exc}") from exc
-            if not batch:
+            if not block:
                 self.stats.input_complete = True
                 break
-            for item, done in batch:
+            # A slice at a time: parsing a whole block at once would stall the loop.
+            for start in range(0, len(block), PARSE_BATCH):
+                for item in source.parse(block[start : start + PARSE_BATCH]):
+                    if self.control.stopping:
+                        break
+                    await self.admit(item, queue)
                 if self.control.stopping:
                     break
-                self.stats.read += 1
-                seq = await self.order.admit()
-                if isinstance(item, InvalidLine):
-                    self.order.done(seq, invalid_record(item))
-                    self.stats.add_invalid(item.code)
-                    self.on_progress(self.stats)
-                elif done:
-                    self.order.done(seq, None)
-                    self.stats.skipped += 1
-                    self.on_progress(self.stats)
-                else:
-                    await queue.put((seq, item))
-                    self.stats.queued += 1
         # Workers keep draining the queue (sending nothing once stopping), so these fit.
         for _ in range(self.settings.concurrency):
             await queue.put(None)
+
+    async def admit(self, item: Item, queue: Queue) -> None:
+        self.stats.read += 1
+        seq = await self.order.admit()
+        if isinstance(item, InvalidLine):
+            self.order.done(seq, invalid_record(item))
+            self.stats.add_invalid(item.code)
+            self.on_progress(self.stats)
+        elif self.is_done(item):
+            self.order.done(seq, None)
+            self.stats.skipped += 1
+            self.on_progress(self.stats)
+        else:
+            await queue.put((seq, item))
+            self.stats.queued += 1
 
     async def work(self, queue: Queue) -> None:
         while (entry := await queue.get()) is not None:
@@ -311,7 +302,7 @@ class _Pipeline:
 
 
 async def run_batch(
-    items: Iterable[Item],
+    items: Source | Iterable[Item],
     settings: RunSettings,
     sink: RecordSink,
     *,
@@ -325,8 +316,9 @@ async def run_batch(
 ) -> RunOutcome:
     """Send every request in `items`, writing one record per item to `sink`.
 
-    `items` is any iterable of parsed lines (see :func:`batchib.inputs.read_requests`);
-    it is consumed lazily. Requests for which `is_done` is true are skipped. `sleep`
+    `items` is a :class:`batchib.source.Source` (input files are
+    :class:`batchib.source.InputFiles`) or any iterable of parsed lines; either is
+    consumed lazily. Requests for which `is_done` is true are skipped. `sleep`
     and `rng` are injectable so that retry timing can be tested without waiting.
     """
     control = control or RunControl()
@@ -345,7 +337,7 @@ async def run_batch(
             budget,
         )
         try:
-            await pipeline.run(items)
+            await pipeline.run(items if isinstance(items, Source) else ItemsInMemory(items))
         except BaseExceptionGroup as group:
             # One of our own errors (unreadable input, unwritable output) ends the run;
             # anything else is a bug and keeps its traceback.

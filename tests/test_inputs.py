@@ -1,28 +1,20 @@
-"""Reading JSONL input: the three line formats, defaults, bad lines, files, ids and hashes."""
+"""Input lines: the three line formats, defaults, bad lines, ids and hashes."""
 
 from __future__ import annotations
 
 import hashlib
-import sys
-import types
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from batchib.config import RequestDefaults
-from batchib.idstore import IdStore
 from batchib.inputs import (
     InvalidLine,
     Request,
-    count_items,
     hash_body,
     parse_line,
     positional_id,
-    read_lines,
-    read_requests,
 )
 from batchib.tokens import estimate_request_tokens
 
@@ -48,26 +40,6 @@ def parse_invalid(line: Any, defaults: RequestDefaults = MODEL) -> InvalidLine:
     item = parse(line, defaults)
     assert isinstance(item, InvalidLine), item
     return item
-
-
-@pytest.fixture
-def ids() -> Iterator[IdStore]:
-    store = IdStore()
-    yield store
-    store.close()
-
-
-def summary(items: list[Request | InvalidLine]) -> list[tuple[str, str, str, int]]:
-    """(kind or invalid code, custom_id, file, line) of each item, for exact comparison."""
-    return [
-        (
-            "request" if isinstance(item, Request) else item.code,
-            item.custom_id,
-            item.file,
-            item.line,
-        )
-        for item in items
-    ]
 
 
 # --- the three line formats ---------------------------------------------------------------
@@ -448,137 +420,6 @@ def test_integers_at_the_64_bit_limits_are_kept_exactly() -> None:
     assert request.body["seed"] == 2**64 - 1
     assert request.body["x"] == -(2**63)
     assert b'"seed":18446744073709551615' in request.body_bytes
-
-
-# --- files ----------------------------------------------------------------------------------
-
-BOM = b"\xef\xbb\xbf"
-
-
-def write(path: Path, *lines: bytes, end: bytes = b"\r\n") -> str:
-    path.write_bytes(end.join(lines))
-    return str(path)
-
-
-def test_read_requests_numbers_every_line_and_keeps_good_and_bad_apart(
-    tmp_path: Path, ids: IdStore
-) -> None:
-    path = write(
-        tmp_path / "mixed.jsonl",
-        BOM + b'{"id": "a", "prompt": "one"}',
-        b"",
-        b'{"id": "b", "prompt": "missing brace"',
-        b" \t ",
-        b'{"prompt": "three"}',
-        b'{"id": "a", "prompt": "again"}',
-        b'["not", "an", "object"]',
-    )
-
-    items = list(read_requests([path], MODEL, ids))
-
-    assert summary(items) == [
-        ("request", "a", path, 1),
-        ("invalid_json", "mixed.jsonl:3", path, 3),
-        ("request", "mixed.jsonl:5", path, 5),
-        ("duplicate_custom_id", "mixed.jsonl:6", path, 6),
-        ("not_an_object", "mixed.jsonl:7", path, 7),
-    ]
-    first = items[0]
-    assert isinstance(first, Request)
-    assert first.body == {"model": "gpt-default", "messages": [{"role": "user", "content": "one"}]}
-    duplicate = items[3]
-    assert isinstance(duplicate, InvalidLine)
-    assert duplicate.message == f"custom_id 'a' was already used at {path}:1"
-
-
-def test_duplicate_custom_id_across_files_names_the_first_file_and_line(
-    tmp_path: Path, ids: IdStore
-) -> None:
-    first = write(
-        tmp_path / "first.jsonl", b'{"id": "p", "prompt": "1"}', b'{"id": "x", "prompt": "2"}'
-    )
-    second = write(tmp_path / "second.jsonl", BOM + b'{"id": "x", "prompt": "3"}', end=b"\n")
-
-    items = list(read_requests([first, second], MODEL, ids))
-
-    assert summary(items) == [
-        ("request", "p", first, 1),
-        ("request", "x", first, 2),
-        ("duplicate_custom_id", "second.jsonl:1", second, 1),
-    ]
-    duplicate = items[2]
-    assert isinstance(duplicate, InvalidLine)
-    assert duplicate.message == f"custom_id 'x' was already used at {first}:2"
-
-
-def test_utf8_bom_is_only_stripped_from_the_first_line(tmp_path: Path, ids: IdStore) -> None:
-    path = write(tmp_path / "bom.jsonl", BOM + b'{"prompt": "1"}', BOM + b'{"prompt": "2"}')
-
-    items = list(read_requests([path], MODEL, ids))
-
-    assert summary(items) == [
-        ("request", "bom.jsonl:1", path, 1),
-        ("invalid_json", "bom.jsonl:2", path, 2),
-    ]
-
-
-def test_read_lines_yields_non_blank_lines_with_their_numbers(tmp_path: Path) -> None:
-    path = write(tmp_path / "in.jsonl", BOM + b'{"a": 1}', b"", b"  ", b'{"b": 2}')
-
-    assert list(read_lines([path])) == [(path, 1, b'{"a": 1}\r\n'), (path, 4, b'{"b": 2}')]
-
-
-def test_count_items_counts_non_blank_lines_of_all_files(tmp_path: Path) -> None:
-    one = write(tmp_path / "one.jsonl", b"{}", b"", b"{}", b"\t", b"{}", b"")
-    two = write(tmp_path / "two.jsonl", b"", b"{}", end=b"\n")
-    empty = write(tmp_path / "empty.jsonl")
-
-    assert count_items([one]) == 3
-    assert count_items(iter([one, two, empty])) == 4
-    assert count_items([empty]) == 0
-
-
-@pytest.mark.parametrize("paths", [["-"], ["a.jsonl", "-"]])
-def test_count_items_is_unknown_when_reading_stdin(paths: list[str]) -> None:
-    assert count_items(paths) is None
-
-
-class GeneratorStream:
-    """A binary stream backed by a generator that records how many lines were read."""
-
-    def __init__(self, lines: Iterator[bytes]) -> None:
-        self._lines = lines
-        self.lines_read = 0
-        self.closed = False
-
-    def __iter__(self) -> GeneratorStream:
-        return self
-
-    def __next__(self) -> bytes:
-        line = next(self._lines)
-        self.lines_read += 1
-        return line
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def test_read_requests_reads_lazily(monkeypatch: pytest.MonkeyPatch, ids: IdStore) -> None:
-    stream = GeneratorStream(b'{"prompt": "line %d"}\n' % n for n in range(1, 10_001))
-    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=stream))
-
-    items = read_requests(["-"], MODEL, ids)
-    assert isinstance(items, types.GeneratorType)
-    assert stream.lines_read == 0
-
-    first = next(items)
-
-    assert isinstance(first, Request)
-    assert (first.custom_id, first.file, first.line) == ("stdin:1", "-", 1)
-    # Ids are checked for repeats a batch at a time: one batch is read ahead, no more.
-    assert stream.lines_read == 256
-    items.close()
-    assert stream.closed is False  # stdin is not ours to close
 
 
 # --- ids and hashes -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -408,28 +409,42 @@ def test_tokens_are_counted_exactly_only_once_a_token_limit_applies() -> None:
     assert unlimited.stats.estimated_prompt_tokens == 5 * (5 + 1 + 3 + 3)
 
 
-def test_the_input_is_read_by_one_thread_of_its_own_for_the_whole_run() -> None:
-    # asyncio's default pool may start a new thread per batch (each with its own malloc
+class RecordingSource:
+    """A blocking Source that notes which thread reads and which parses."""
+
+    blocking = True
+
+    def __init__(self, items: list[Request | InvalidLine], block: int) -> None:
+        self.items = items
+        self.block = block
+        self.readers: set[str] = set()
+        self.parsers: set[str] = set()
+
+    def read_block(self) -> list[Request | InvalidLine]:
+        self.readers.add(threading.current_thread().name)
+        block, self.items = self.items[: self.block], self.items[self.block :]
+        return block
+
+    def parse(self, block: Sequence[Any]) -> list[Request | InvalidLine]:
+        self.parsers.add(threading.current_thread().name)
+        return list(block)
+
+
+def test_blocking_reads_happen_on_one_thread_of_their_own_and_parsing_on_the_loop() -> None:
+    # asyncio's default pool may start a new thread per read (each with its own malloc
     # arena, so memory creeps up with the input); the reader is one dedicated thread.
-    threads: set[str] = set()
-
-    def is_done(request: Request) -> bool:
-        threads.add(threading.current_thread().name)
-        return False
-
-    items = requests(*[f"p{i}" for i in range(1000)])  # four batches of 256
+    # Parsing stays on the loop: in the reader it fought the loop for the GIL.
+    source = RecordingSource(list(requests(*[f"p{i}" for i in range(1000)])), 300)
     sink = ListSink()
 
     async def go() -> RunOutcome:
         async with ScriptedGateway().serving() as url:
             return await run_batch(
-                items,
-                RunSettings(api_key=ApiKey(KEY), base_url=url, concurrency=8),
-                sink,
-                is_done=is_done,
+                source, RunSettings(api_key=ApiKey(KEY), base_url=url, concurrency=8), sink
             )
 
     outcome = asyncio.run(go())
     assert outcome.stats.succeeded == 1000
-    assert len(threads) == 1
-    assert threads.pop().startswith("batchib-reader")
+    assert len(source.readers) == 1
+    assert source.readers.pop().startswith("batchib-reader")
+    assert source.parsers == {threading.main_thread().name}
