@@ -7,11 +7,17 @@ measures what it buys per request. BATCHIB_EVENT_LOOP=asyncio turns it off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# Objects allocated (net) between young-generation collections during a run; Python's
+# default is 700. See :func:`collections_for_a_run`.
+YOUNG_COLLECTION_EVERY = 10_000
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -36,7 +42,28 @@ def running_loop_name() -> str | None:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
+@contextlib.contextmanager
+def collections_for_a_run() -> Iterator[None]:
+    """Fewer and cheaper garbage collections while a run goes.
+
+    Each request allocates a few dozen containers (the parsed answer, its record, the
+    client's objects), so at the default threshold a young collection ran every ~20
+    requests, and every tenth of those also walked the ~100k objects that importing
+    aiohttp and click leaves behind. Those are frozen (never walked again, as in
+    Instagram's gc.freeze) and young collections come ~14x less often: measured at
+    about 3 µs of CPU per request. Cyclic garbage still goes, only in larger batches.
+    """
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run(main)` on the loop :func:`loop_factory` picks."""
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+    with collections_for_a_run(), asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)
