@@ -40,7 +40,9 @@ class Verdict(enum.Enum):
     STOP_RUN = "stop_run"  # no request will succeed: stop dispatching
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs twice as much (object.__setattr__
+# per field), and one is made for every attempt. Treat it as immutable.
+@dataclass(slots=True)
 class Reply:
     """The outcome of one attempt."""
 

@@ -75,7 +75,9 @@ class SmoothBucket(AsyncLimiter):
             remaining -= piece
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs twice as much (object.__setattr__
+# per field), and one is made for every attempt. Treat it as immutable.
+@dataclass(slots=True)
 class Ticket:
     """What admission granted one attempt: its number and the tokens reserved."""
 

@@ -51,7 +51,9 @@ def _duration(headers: Mapping[str, str], name: str) -> float | None:
     return None if text is None else parse_duration_s(text)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs twice as much (object.__setattr__
+# per field), and two are made for every answer carrying these headers. Treat it as immutable.
+@dataclass(slots=True)
 class Bucket:
     """One dimension (requests or tokens) of the gateway's view of our quota."""
 
@@ -60,7 +62,7 @@ class Bucket:
     reset_s: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RateLimitHeaders:
     requests: Bucket
     tokens: Bucket
