@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import BATCHIB, ROOT, start_logging_simulator, write_shorthand
+from harness import BATCHIB, ROOT, compile_package, start_logging_simulator, write_shorthand
 
 
 def start_simulator(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--signal", choices=["KILL", "TERM"], default="KILL")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    compile_package()
     rng = random.Random(args.seed)
     signum = signal.SIGKILL if args.signal == "KILL" else signal.SIGTERM
     trials: list[dict[str, Any]] = []

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import BATCHIB, ROOT, start_logging_simulator, write_shorthand
+from harness import BATCHIB, ROOT, compile_package, start_logging_simulator, write_shorthand
 
 RPM, TPM = 1200, 200_000
 MODEL = "gpt-5.4-mini"
@@ -281,6 +281,7 @@ def main() -> None:
     parser.add_argument("--only", default="1,2,3,4,5")
     parser.add_argument("--no-sdk", action="store_true")
     args = parser.parse_args()
+    compile_package()
     out = ROOT / "bench" / "results-limits.json"
     # Scenarios run with --only are merged into the previous results of the same size.
     previous = json.loads(out.read_text()) if out.exists() else {}

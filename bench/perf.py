@@ -52,6 +52,7 @@ from harness import (
     BENCH,
     ROOT,
     Measured,
+    compile_package,
     run_measured,
     start_with_port_file,
     write_shorthand,
@@ -850,6 +851,7 @@ def main() -> None:
         "settings; a reduced run writes none unless given]",
     )
     args = parser.parse_args()
+    compile_package()
     rss_lines = [int(n) for n in args.rss_lines.split(",") if n.strip()]
     full = (
         not args.skip_sdk
