@@ -33,18 +33,23 @@ class RateMeter:
         self._clock = clock
         self._bins = [0.0] * WINDOW_BINS
         self._bin_index = math.floor(clock() / BIN_S)
+        self._bin_ends = (self._bin_index + 1) * BIN_S
 
     def _advance(self) -> int:
-        now_index = math.floor(self._clock() / BIN_S)
-        if now_index == self._bin_index:  # the usual case: still in the same bin
-            return now_index
+        now = self._clock()
+        if now < self._bin_ends:  # the usual case: still in the same bin
+            return self._bin_index
+        now_index = math.floor(now / BIN_S)
         stale = min(now_index - self._bin_index, WINDOW_BINS)
         for step in range(1, stale + 1):
             self._bins[(self._bin_index + step) % WINDOW_BINS] = 0.0
         self._bin_index = max(self._bin_index, now_index)
-        return now_index
+        self._bin_ends = (self._bin_index + 1) * BIN_S
+        return self._bin_index
 
     def add(self, amount: float) -> None:
+        # Called for every attempt (sent) and success, per dimension: one clock read
+        # and a comparison in the usual case.
         self._bins[self._advance() % WINDOW_BINS] += amount
 
     def per_second(self) -> float:

@@ -140,6 +140,19 @@ class Limits:
         gateway, or learnt from a 429): only then do exact token counts matter."""
         return self.tokens.rate.rate_per_s is not None
 
+    def admit_now(self, tokens: int) -> Ticket | None:
+        """A ticket at once when nothing could make the attempt wait (no bucket, no
+        hold, no probe in flight): the usual case, without a coroutine. None means
+        :meth:`acquire` must decide."""
+        if (
+            self._probe is not None
+            or self.requests.bucket is not None
+            or self.tokens.bucket is not None
+            or self._hold_until > self._clock()
+        ):
+            return None
+        return self._ticket(tokens)
+
     async def acquire(self, tokens: int) -> Ticket:
         """Wait until one more attempt of `tokens` estimated tokens may be sent."""
         if self._probe is not None:
@@ -159,6 +172,9 @@ class Limits:
             await self.requests.take(1)
         if self.tokens.bucket is not None:
             await self.tokens.take(tokens)
+        return self._ticket(tokens)
+
+    def _ticket(self, tokens: int) -> Ticket:
         seq = next(self._seq)
         self._last_seq = seq
         self.requests.rate.sent.add(1)

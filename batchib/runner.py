@@ -223,7 +223,9 @@ class _Pipeline:
             # Per attempt: exact counting may have started since the last one.
             counter = self.token_counter(request)
             prompt_tokens = estimate_prompt_tokens(request.body, counter)
-            ticket = await self.limits.acquire(prompt_tokens + cap)
+            ticket = self.limits.admit_now(prompt_tokens + cap) or await self.limits.acquire(
+                prompt_tokens + cap
+            )
             reservation = None
             if self.budget is not None and not self.control.stopping:
                 granted = await self.budget.admit(request.model, request.body, prompt_tokens)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,14 @@ class TokenUsage:
         self.total_tokens += total
         self.cached_tokens += cached
         self.reasoning_tokens += reasoning
+
+    def add_usage(self, other: TokenUsage) -> None:
+        self.requests += other.requests
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.total_tokens += other.total_tokens
+        self.cached_tokens += other.cached_tokens
+        self.reasoning_tokens += other.reasoning_tokens
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -120,15 +129,27 @@ class RunStats:
     estimated_with: Counter[str] = field(default_factory=Counter)
     failures_by_code: Counter[str] = field(default_factory=Counter)
     finish_reasons: Counter[str] = field(default_factory=Counter)
-    total: TokenUsage = field(default_factory=TokenUsage)
-    by_requested_model: dict[str, TokenUsage] = field(default_factory=dict)
-    by_served_model: dict[str, TokenUsage] = field(default_factory=dict)
+    # Usage per (requested model, served model): one tally per response. The totals and
+    # the per-model views are sums made when asked (progress, summary), not per response.
+    usage_by_models: dict[tuple[str, str], TokenUsage] = field(default_factory=dict)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     spend: Spend | None = None  # with a price table: cost so far
 
     @property
     def finished(self) -> int:
         return self.succeeded + self.failed
+
+    @property
+    def total(self) -> TokenUsage:
+        return _summed(self.usage_by_models.values())
+
+    @property
+    def by_requested_model(self) -> dict[str, TokenUsage]:
+        return _grouped(self.usage_by_models, 0)
+
+    @property
+    def by_served_model(self) -> dict[str, TokenUsage]:
+        return _grouped(self.usage_by_models, 1)
 
     @property
     def not_sent(self) -> int:
@@ -149,10 +170,12 @@ class RunStats:
             self.estimated_with[estimator] += 1
             served = body.get("model")
             served_model = served if isinstance(served, str) else "(unknown)"
-            counts = usage_counts(usage)
-            self.total.add_counts(counts)
-            _usage_of(self.by_requested_model, requested_model).add_counts(counts)
-            _usage_of(self.by_served_model, served_model).add_counts(counts)
+            key = (requested_model, served_model)
+            # Not setdefault(key, TokenUsage()): that builds a TokenUsage every call.
+            tally = self.usage_by_models.get(key)
+            if tally is None:
+                tally = self.usage_by_models[key] = TokenUsage()
+            tally.add_counts(usage_counts(usage))
             if self.spend is not None:
                 self.spend.add(requested_model, served_model, usage)
         for choice in body.get("choices") or ():
@@ -169,12 +192,19 @@ class RunStats:
         self.failures_by_code[code] += 1
 
 
-def _usage_of(by_model: dict[str, TokenUsage], model: str) -> TokenUsage:
-    # Not setdefault(model, TokenUsage()): that builds a new TokenUsage every call.
-    usage = by_model.get(model)
-    if usage is None:
-        usage = by_model[model] = TokenUsage()
-    return usage
+def _summed(tallies: Iterable[TokenUsage]) -> TokenUsage:
+    total = TokenUsage()
+    for tally in tallies:
+        total.add_usage(tally)
+    return total
+
+
+def _grouped(by_models: dict[tuple[str, str], TokenUsage], which: int) -> dict[str, TokenUsage]:
+    """Tallies summed by the requested (0) or served (1) model."""
+    groups: dict[str, list[TokenUsage]] = {}
+    for key, tally in by_models.items():
+        groups.setdefault(key[which], []).append(tally)
+    return {model: _summed(tallies) for model, tallies in groups.items()}
 
 
 def summarise(stats: RunStats, wall_time_s: float) -> dict[str, Any]:
