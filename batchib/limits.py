@@ -22,7 +22,6 @@ from aiolimiter import AsyncLimiter
 from batchib.adaptive import AdaptiveRate
 from batchib.client import Reply, Verdict
 from batchib.ratelimit_headers import Bucket
-from batchib.tokens import max_completion_tokens
 
 BURST_S = 0.1
 # With limits unknown, the first request goes alone so that its answer's headers (if
@@ -181,15 +180,16 @@ class Limits:
         self.tokens.rate.sent.add(tokens)
         return Ticket(seq, tokens)
 
-    def observe(self, ticket: Ticket, reply: Reply, body: dict[str, Any]) -> None:
-        """Learn from the answer to the attempt `ticket` admitted (`body`: the request)."""
+    def observe(self, ticket: Ticket, reply: Reply, completion_cap: int | None) -> None:
+        """Learn from the answer to the attempt `ticket` admitted (`completion_cap`: the
+        request's, see :func:`batchib.tokens.max_completion_tokens`)."""
         if self._probe is not None and not self._probe.is_set():
             self._probe.set()
         if reply.rate is not None:
             self._follow_headers(reply.rate.requests, self.requests, 1)
             self._follow_headers(reply.rate.tokens, self.tokens, ticket.tokens)
         if reply.verdict is Verdict.SUCCESS:
-            charged = _tokens_charged(body, reply.body)
+            charged = _tokens_charged(completion_cap, reply.body)
             if charged is not None:
                 self._correct_tokens(charged - ticket.tokens)
             else:
@@ -246,7 +246,7 @@ class Limits:
         }
 
 
-def _tokens_charged(request: dict[str, Any], response: dict[str, Any] | None) -> int | None:
+def _tokens_charged(completion_cap: int | None, response: dict[str, Any] | None) -> int | None:
     """What the gateway counts against tokens per minute for a completed request: the
     prompt plus the completion cap when one was set, else the actual completion."""
     usage = response.get("usage") if response else None
@@ -255,5 +255,4 @@ def _tokens_charged(request: dict[str, Any], response: dict[str, Any] | None) ->
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
-    cap = max_completion_tokens(request)
-    return prompt + (cap if cap is not None else completion)
+    return prompt + (completion_cap if completion_cap is not None else completion)

@@ -43,7 +43,6 @@ from batchib.tokens import (
     TokenCounter,
     counter_for_model,
     estimate_prompt_tokens,
-    max_completion_tokens,
 )
 from batchib.usage import RunStats
 
@@ -218,11 +217,15 @@ class _Pipeline:
         started = time.perf_counter()
         attempt = 0
         last: Reply | None = None
-        cap = max_completion_tokens(request.body) or 0
+        cap = request.completion_cap or 0
         while True:
             # Per attempt: exact counting may have started since the last one.
             counter = self.token_counter(request)
-            prompt_tokens = estimate_prompt_tokens(request.body, counter)
+            prompt_tokens = (
+                request.rough_prompt_tokens
+                if counter is ROUGH_COUNTER
+                else estimate_prompt_tokens(request.body, counter)
+            )
             ticket = self.limits.admit_now(prompt_tokens + cap) or await self.limits.acquire(
                 prompt_tokens + cap
             )
@@ -257,7 +260,7 @@ class _Pipeline:
                     served_model=served if isinstance(served, str) else None,
                     usage=usage if isinstance(usage, dict) else None,
                 )
-            self.limits.observe(ticket, reply, request.body)
+            self.limits.observe(ticket, reply, request.completion_cap)
             self.stats.attempts += 1
             if self.breaker is not None and (trip := self.breaker.record(reply)):
                 self.control.request_stop(_breaker_stop(trip))

@@ -19,6 +19,7 @@ import batchib.limits
 from batchib.client import Reply, Verdict
 from batchib.limits import Limits, SmoothBucket, Ticket
 from batchib.ratelimit_headers import Bucket, RateLimitHeaders
+from batchib.tokens import max_completion_tokens
 
 # Generous: a waiter that should wake within milliseconds.
 WAKE_TIMEOUT_S = 1.0
@@ -263,7 +264,7 @@ def test_unknown_limit_sends_one_probe_and_waits_for_its_answer(
         assert not second.done()
         assert not third.done()
 
-        limits.observe(probe, success(), {})
+        limits.observe(probe, success(), None)
 
         released = await asyncio.wait_for(asyncio.gather(second, third), WAKE_TIMEOUT_S)
         assert [ticket.seq for ticket in released] == [1, 2]
@@ -330,7 +331,7 @@ def test_limit_headers_set_the_ceiling_unless_configured(
     async def scenario() -> Limits:
         limits = Limits(*configured)
         ticket = await limits.acquire(10)
-        limits.observe(ticket, success(rate=headers), {})
+        limits.observe(ticket, success(rate=headers), None)
         return limits
 
     limits = asyncio.run(scenario())
@@ -343,7 +344,7 @@ def test_discovered_request_limit_paces_with_a_bucket() -> None:
         limits = Limits(None, None)
         ticket = await limits.acquire(10)
         limits.observe(
-            ticket, success(rate=RateLimitHeaders(Bucket(600, None, None), NO_LIMIT)), {}
+            ticket, success(rate=RateLimitHeaders(Bucket(600, None, None), NO_LIMIT)), None
         )
         return limits
 
@@ -395,7 +396,7 @@ def test_nearly_empty_gateway_bucket_holds_the_next_acquire(
     async def scenario() -> None:
         limits = Limits(FAST_RPM, FAST_TPM, clock=clock)
         ticket = await limits.acquire(500)
-        limits.observe(ticket, success(rate=headers), {})
+        limits.observe(ticket, success(rate=headers), None)
 
         await limits.acquire(10)
         assert delays == [pytest.approx(expected_delay_s)]
@@ -434,7 +435,7 @@ def test_gateway_bucket_with_room_or_incomplete_headers_holds_nothing(
     async def scenario() -> None:
         limits = Limits(FAST_RPM, FAST_TPM, clock=FakeClock())
         ticket = await limits.acquire(500)
-        limits.observe(ticket, success(rate=headers), {})
+        limits.observe(ticket, success(rate=headers), None)
         await limits.acquire(500)
 
     asyncio.run(scenario())
@@ -469,7 +470,7 @@ def test_429_lowers_the_limit_it_names(error_type: str | None, expected: dict[st
     async def scenario() -> Limits:
         limits = Limits(FAST_RPM, FAST_TPM, clock=FakeClock())
         ticket = await limits.acquire(10)
-        limits.observe(ticket, too_many_requests(error_type), {})
+        limits.observe(ticket, too_many_requests(error_type), None)
         return limits
 
     limits = asyncio.run(scenario())
@@ -485,10 +486,10 @@ def test_429s_for_attempts_admitted_before_a_decrease_are_ignored() -> None:
     async def scenario() -> Limits:
         limits = Limits(FAST_RPM, FAST_TPM, clock=FakeClock())
         first, second = await limits.acquire(10), await limits.acquire(10)
-        limits.observe(first, too_many_requests("requests"), {})  # 60 000 -> 30 000
-        limits.observe(second, too_many_requests("requests"), {})  # admitted before: ignored
+        limits.observe(first, too_many_requests("requests"), None)  # 60 000 -> 30 000
+        limits.observe(second, too_many_requests("requests"), None)  # admitted before: ignored
         third = await limits.acquire(10)
-        limits.observe(third, too_many_requests("requests"), {})  # 30 000 -> 15 000
+        limits.observe(third, too_many_requests("requests"), None)  # 30 000 -> 15 000
         return limits
 
     limits = asyncio.run(scenario())
@@ -501,7 +502,7 @@ def test_out_of_credit_429_does_not_lower_the_rate() -> None:
     async def scenario() -> Limits:
         limits = Limits(FAST_RPM, FAST_TPM, clock=FakeClock())
         ticket = await limits.acquire(10)
-        limits.observe(ticket, reply(Verdict.STOP_RUN, 429, code="insufficient_quota"), {})
+        limits.observe(ticket, reply(Verdict.STOP_RUN, 429, code="insufficient_quota"), None)
         return limits
 
     limits = asyncio.run(scenario())
@@ -521,7 +522,7 @@ def test_429_refunds_the_reserved_tokens() -> None:
             assert limits.tokens.bucket is not None
             assert limits.tokens.bucket._level == 400.0
 
-            limits.observe(ticket, too_many_requests("tokens"), {})
+            limits.observe(ticket, too_many_requests("tokens"), None)
 
             assert limits.tokens.bucket._level == 0.0
 
@@ -580,7 +581,8 @@ def test_success_reconciles_reserved_tokens_with_what_the_gateway_charged(
             limits = Limits(FAST_RPM, FAST_TPM)
             ticket = await limits.acquire(400)
 
-            limits.observe(ticket, success(usage), {"messages": [], **request_body})
+            cap = max_completion_tokens({"messages": [], **request_body})
+            limits.observe(ticket, success(usage), cap)
 
             assert limits.tokens.bucket is not None
             assert limits.tokens.bucket._level == expected_level
@@ -598,7 +600,7 @@ def test_refund_lets_a_waiting_acquire_through() -> None:
             assert not waiter.done()
 
             usage = {"prompt_tokens": 300, "completion_tokens": 50}
-            limits.observe(ticket, success(usage), {"messages": []})  # refund 650
+            limits.observe(ticket, success(usage), None)  # refund 650
             await settle()
 
             assert waiter.done()
