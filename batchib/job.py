@@ -130,6 +130,9 @@ class _Records:
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
 
+    def flush(self) -> None:
+        pass
+
 
 async def run_requests(
     lines: Iterable[Any],

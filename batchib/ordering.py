@@ -17,6 +17,10 @@ from typing import Any, Protocol
 class RecordSink(Protocol):
     def write(self, record: dict[str, Any]) -> None: ...
 
+    def flush(self) -> None:
+        """Hand every record written so far on at once (for a file: to the kernel)."""
+        ...
+
 
 class CompletionOrder:
     """Records are written the moment they are known."""
@@ -32,6 +36,9 @@ class CompletionOrder:
     def done(self, seq: int, record: dict[str, Any] | None) -> None:
         if record is not None:
             self._sink.write(record)
+
+    def flush(self) -> None:
+        self._sink.flush()
 
     def finish(self) -> None:
         pass
@@ -69,6 +76,9 @@ class InputOrder:
                 self._sink.write(ready)
             self._next += 1
         self._advanced.set()
+
+    def flush(self) -> None:
+        self._sink.flush()
 
     def finish(self) -> None:
         """After a stop, lines cancelled in flight leave gaps: write what finished anyway

@@ -126,11 +126,12 @@ class ResultsFile:
     def _flush_pending(self) -> None:
         # A loop callback cannot raise to anyone: keep the error for the next call.
         try:
-            self._flush()
+            self.flush()
         except OutputError as exc:
             self._failed = exc
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Hand the records written so far to the kernel now, in one `write`."""
         if not self._pending:
             return
         lines, self._pending = self._pending, []
@@ -162,7 +163,7 @@ class ResultsFile:
 
     def sync(self) -> None:
         """Make every record written so far durable."""
-        self._flush()
+        self.flush()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from batchib.breaker import CircuitBreaker, Trip
 from batchib.budget import Budget
@@ -66,6 +65,18 @@ class RunOutcome:
         if self.stats.failed or self.stats.invalid:
             return EXIT_SOME_FAILED
         return EXIT_OK
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A request whose attempts are over: what its record and the stats are made of."""
+
+    request: Request
+    reply: Reply  # the last attempt's
+    attempts: int
+    elapsed_ms: float
+    prompt_tokens: int  # the estimate the last attempt was admitted with
+    counter_name: str
 
 
 def _fatal_stop(reply: Reply) -> Stop:
@@ -138,6 +149,9 @@ class _Pipeline:
             if settings.order_input
             else CompletionOrder(sink)
         )
+        # Requests settled in this loop iteration, recorded together at its end.
+        self.unsettled: list[tuple[int, _Sent]] = []
+        self.settle_error: BatchibError | None = None
 
     async def run(self, source: Source) -> None:
         queue: Queue = asyncio.Queue(self.settings.concurrency * 2)
@@ -155,11 +169,15 @@ class _Pipeline:
                 enforcer = group.create_task(self.enforce_grace([producer, *workers]))
                 await asyncio.wait([producer, *workers])
                 enforcer.cancel()
+            self.raise_settle_error()
         finally:
-            self.order.finish()
-            # The thread only reads (the id store is used on the loop alone): a read
-            # blocked on a silent stdin is left behind.
-            reader.shutdown(wait=False, cancel_futures=True)
+            try:
+                self.settle_batch()  # what the last loop iteration settled
+            finally:
+                self.order.finish()
+                # The thread only reads (the id store is used on the loop alone): a read
+                # blocked on a silent stdin is left behind.
+                reader.shutdown(wait=False, cancel_futures=True)
 
     async def produce(self, source: Source, queue: Queue, reader: Executor) -> None:
         while not self.control.stopping:
@@ -206,12 +224,56 @@ class _Pipeline:
             if self.control.stopping:
                 self.order.done(seq, None)  # not sent: counted as queued but unfinished
                 continue
-            record = await self.send(request)
-            self.order.done(seq, record)
-            if record is not None:
-                self.on_progress(self.stats)
+            sent = await self.send(request)
+            if sent is None:
+                self.order.done(seq, None)
+                continue
+            self.raise_settle_error()
+            if not self.unsettled:
+                asyncio.get_running_loop().call_soon(self.settle_batch_later)
+            self.unsettled.append((seq, sent))
 
-    async def send(self, request: Request) -> dict[str, Any] | None:
+    def settle_batch_later(self) -> None:
+        # A loop callback cannot raise to anyone: the next worker to settle (or run()
+        # at the end) raises the error instead.
+        try:
+            self.settle_batch()
+        except BatchibError as exc:
+            self.settle_error = exc
+
+    def raise_settle_error(self) -> None:
+        if self.settle_error is not None:
+            raise self.settle_error
+
+    def settle_batch(self) -> None:
+        """Count and record every request settled in this loop iteration.
+
+        Together, not one by one as each answer arrives: between two answers aiohttp
+        runs through enough memory that the stats and the record code start cold each
+        time, and recording a batch in one go measured about 6 µs a request cheaper.
+        Limits, budget, breaker and stops still react to each answer as it arrives.
+        """
+        if not self.unsettled:
+            return
+        batch, self.unsettled = self.unsettled, []
+        stats, done = self.stats, self.order.done
+        for seq, sent in batch:
+            reply = sent.reply
+            if reply.verdict is Verdict.SUCCESS:
+                assert reply.body is not None
+                stats.add_success(
+                    sent.request.model, reply.body, sent.prompt_tokens, sent.counter_name
+                )
+                stats.latency.add(reply.latency_ms)
+            else:
+                stats.add_failure(reply.code)
+            done(seq, request_record(sent.request, reply, sent.attempts, sent.elapsed_ms))
+        # To the kernel before any request started in this iteration is written to its
+        # socket: a kill -9 then re-sends only what was in flight, never what was answered.
+        self.order.flush()
+        self.on_progress(stats)
+
+    async def send(self, request: Request) -> _Sent | None:
         """Every attempt of one request; the last one decides its record. None when the
         run stopped before the first attempt left (nothing sent: left for a rerun)."""
         started = time.perf_counter()
@@ -241,7 +303,6 @@ class _Pipeline:
                 # meanwhile means nothing more leaves.
                 if last is None:
                     return None
-                self.stats.add_failure(last.code)
                 reply = last
                 break
             attempt += 1
@@ -267,9 +328,6 @@ class _Pipeline:
             if reply.status == 429:
                 self.stats.rate_limited += 1
             if reply.verdict is Verdict.SUCCESS:
-                assert reply.body is not None
-                self.stats.add_success(request.model, reply.body, prompt_tokens, counter.name)
-                self.stats.latency.add(reply.latency_ms)
                 break
             if reply.verdict is Verdict.STOP_RUN:
                 self.control.request_stop(_fatal_stop(reply))
@@ -278,13 +336,12 @@ class _Pipeline:
                 or attempt >= self.settings.max_attempts
                 or self.control.stopping
             ):
-                self.stats.add_failure(reply.code)
                 break
             self.stats.retries += 1
             wait_s = reply.retry_after_s
             await self.sleep(backoff_s(attempt, self.rng) if wait_s is None else wait_s)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        return request_record(request, reply, attempt, elapsed_ms)
+        return _Sent(request, reply, attempt, elapsed_ms, prompt_tokens, counter.name)
 
     def token_counter(self, request: Request) -> TokenCounter:
         """Exact counts (the tokenizer: 0.05 s to load, ~65 MB) once tokens matter -- a

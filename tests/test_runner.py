@@ -16,6 +16,7 @@ import pytest
 
 from batchib.config import ApiKey, RequestDefaults, RunSettings
 from batchib.control import RunControl
+from batchib.errors import OutputError
 from batchib.inputs import InvalidLine, Request, parse_line
 from batchib.runner import RunOutcome, run_batch
 from tests.scripted import (
@@ -35,6 +36,9 @@ class ListSink:
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+
+    def flush(self) -> None:
+        pass
 
     def by_id(self) -> dict[str, dict[str, Any]]:
         return {r["custom_id"]: r for r in self.records}
@@ -448,3 +452,34 @@ def test_blocking_reads_happen_on_one_thread_of_their_own_and_parsing_on_the_loo
     assert len(source.readers) == 1
     assert source.readers.pop().startswith("batchib-reader")
     assert source.parsers == {threading.main_thread().name}
+
+
+class FailingSink(ListSink):
+    """Takes `room` records, then fails like a full disk."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    def write(self, record: dict[str, Any]) -> None:
+        if len(self.records) >= self.room:
+            raise OutputError("cannot write out.jsonl: No space left on device")
+        super().write(record)
+
+
+def test_an_output_that_fails_mid_run_ends_the_run_with_its_error() -> None:
+    # Records are written at the end of each loop iteration, from a callback: its error
+    # must still reach the caller, not the loop's exception handler.
+    sink = FailingSink(room=5)
+
+    async def go() -> RunOutcome:
+        async with ScriptedGateway().serving() as url:
+            return await run_batch(
+                requests(*[f"p{i}" for i in range(50)]),
+                RunSettings(api_key=ApiKey(KEY), base_url=url, concurrency=4),
+                sink,
+            )
+
+    with pytest.raises(OutputError, match="No space left"):
+        asyncio.run(go())
+    assert len(sink.records) == 5
