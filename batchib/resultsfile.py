@@ -8,6 +8,8 @@ dies is a request whose answer was lost: the next run sends it again.) Records a
 fsynced in groups — every :data:`FSYNC_EVERY_LINES` lines or :data:`FSYNC_INTERVAL_S`
 seconds, whichever comes first, and always before the summary is written — so a power
 loss loses at most that much, and those requests are simply sent again by the next run.
+While an event loop runs, those fsyncs happen in a thread of their own: a slow disk
+delays durability, never the requests.
 
 A torn last line left by a crash is moved to ``OUTPUT.torn`` before a run appends,
 never dropped silently.
@@ -16,9 +18,11 @@ never dropped silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -108,6 +112,9 @@ class ResultsFile:
         self._timer: asyncio.TimerHandle | None = None
         self._failed: OutputError | None = None
         self._pending: list[bytes] = []
+        self._syncer: ThreadPoolExecutor | None = None  # made at the first group fsync
+        self._syncing: Future[None] | None = None  # the group fsync in that thread
+        self._sync_again = False  # lines were written while it ran
 
     def write(self, record: dict[str, Any]) -> None:
         if self._failed is not None:
@@ -140,33 +147,77 @@ class ResultsFile:
 
     def _written(self, count: int) -> None:
         self._unsynced += count
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (compact, tests): at once
+            loop = None
         if (
             self._unsynced >= FSYNC_EVERY_LINES
             or time.monotonic() - self._synced_at >= FSYNC_INTERVAL_S
         ):
-            self.sync()
-        elif self._timer is None:
+            if loop is None:
+                self.sync()
+            else:
+                self._sync_in_background(loop)
+        elif self._timer is None and loop is not None:
             # The last lines of a quiet spell must not wait for the next write.
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return
-            self._timer = loop.call_later(FSYNC_INTERVAL_S, self._sync_later)
+            self._timer = loop.call_later(FSYNC_INTERVAL_S, self._sync_later, loop)
 
-    def _sync_later(self) -> None:
-        # A loop callback cannot raise to anyone: keep the error for the next call.
+    def _sync_later(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
-        try:
-            self.sync()
-        except OutputError as exc:
-            self._failed = exc
+        if self._unsynced:
+            self._sync_in_background(loop)
+
+    def _sync_in_background(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start a group fsync of every line written so far in the sync thread; with one
+        already running, start the next when it ends."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._syncing is not None:
+            self._sync_again = True
+            return
+        if self._syncer is None:
+            self._syncer = ThreadPoolExecutor(1, thread_name_prefix="batchib-fsync")
+        self._unsynced = 0
+        self._synced_at = time.monotonic()
+        self._syncing = self._syncer.submit(os.fsync, self._fd)
+
+        def on_synced(done: Future[None]) -> None:  # in the sync thread
+            # RuntimeError: the loop is closed, and close() waits for this fsync itself.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._synced_in_background, done)
+
+        self._syncing.add_done_callback(on_synced)
+
+    def _synced_in_background(self, done: Future[None]) -> None:
+        # A loop callback cannot raise to anyone: keep the error for the next call.
+        if done is not self._syncing:
+            return  # sync() already waited for it
+        self._syncing = None
+        error = done.exception()
+        if isinstance(error, OSError):
+            self._failed = OutputError(f"cannot flush {self.path}: {error.strerror}")
+        elif self._sync_again:
+            self._sync_again = False
+            self._written(0)
 
     def sync(self) -> None:
-        """Make every record written so far durable."""
+        """Make every record written so far durable (waits for a group fsync in the
+        sync thread, then fsyncs what came after it)."""
         self.flush()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        syncing, self._syncing = self._syncing, None
+        if syncing is not None:
+            try:
+                syncing.result()
+            except OSError as exc:
+                raise OutputError(f"cannot flush {self.path}: {exc.strerror}") from exc
+            if self._sync_again:
+                self._sync_again = False
+                self._unsynced = max(self._unsynced, 1)
         if not self._unsynced:
             return
         try:
@@ -191,4 +242,8 @@ class ResultsFile:
             self._unsynced = max(self._unsynced, 1)
             self.sync()
         finally:
+            if self._syncer is not None:
+                # An fsync still running (sync() raised first) must end before the fd
+                # closes: the number could be reused for another file meanwhile.
+                self._syncer.shutdown(wait=True)
             os.close(self._fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 
 import orjson
@@ -186,6 +187,92 @@ def test_a_failed_write_in_the_loop_is_raised_by_the_next_write_and_by_close(
         with pytest.raises(OutputError, match="No space left"):
             results.write({"i": 1})
         with pytest.raises(OutputError, match="No space left"):
+            results.close()
+
+    asyncio.run(scenario())
+
+
+def test_group_fsyncs_run_off_the_event_loop_and_close_fsyncs_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    first = threading.Event()
+
+    def fsync(fd: int) -> None:
+        threads.append(threading.current_thread().name)
+        first.set()
+
+    monkeypatch.setattr(resultsfile.os, "fsync", fsync)
+    monkeypatch.setattr(resultsfile, "FSYNC_EVERY_LINES", 3)
+    monkeypatch.setattr(resultsfile, "FSYNC_INTERVAL_S", 3600.0)
+    path = tmp_path / "out.jsonl"
+
+    async def scenario() -> None:
+        results = ResultsFile(path)
+        for i in range(4):
+            results.write({"i": i})
+        await asyncio.sleep(0)  # the write, then a group fsync in its thread
+        assert await asyncio.to_thread(first.wait, 10)
+        assert len(threads) == 1 and threads[0].startswith("batchib-fsync")
+        results.close()  # line 4 is not synced yet: close does it, here
+
+    asyncio.run(scenario())
+    assert threads[1] == threading.main_thread().name
+    assert [orjson.loads(line)["i"] for line in path.read_bytes().splitlines()] == list(range(4))
+
+
+def test_lines_written_during_a_group_fsync_get_one_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release, second = threading.Event(), threading.Event()
+    synced: list[int] = []
+
+    def slow_fsync(fd: int) -> None:
+        release.wait(10)
+        synced.append(os.fstat(fd).st_size)
+        if len(synced) == 2:
+            second.set()
+
+    monkeypatch.setattr(resultsfile.os, "fsync", slow_fsync)
+    monkeypatch.setattr(resultsfile, "FSYNC_EVERY_LINES", 1)
+    path = tmp_path / "out.jsonl"
+
+    async def scenario() -> None:
+        results = ResultsFile(path)
+        results.write({"i": 0})
+        await asyncio.sleep(0)  # the first group fsync starts and blocks
+        results.write({"i": 1})
+        await asyncio.sleep(0)  # written while it runs: another must follow
+        release.set()
+        assert await asyncio.to_thread(second.wait, 10)
+        assert synced[1] == path.stat().st_size  # the second covered both lines
+        results.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_group_fsync_is_raised_by_the_next_write_and_by_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failed = threading.Event()
+
+    def broken(fd: int) -> None:
+        failed.set()
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(resultsfile.os, "fsync", broken)
+    monkeypatch.setattr(resultsfile, "FSYNC_EVERY_LINES", 1)
+
+    async def scenario() -> None:
+        results = ResultsFile(tmp_path / "out.jsonl")
+        results.write({"i": 0})
+        await asyncio.sleep(0)
+        assert await asyncio.to_thread(failed.wait, 10)  # the fsync fails in its thread
+        with pytest.raises(OutputError, match="Input/output error"):
+            for _ in range(500):  # until its callback has reached the loop
+                await asyncio.sleep(0.01)
+                results.write({"i": 1})
+        with pytest.raises(OutputError, match="Input/output error"):
             results.close()
 
     asyncio.run(scenario())
