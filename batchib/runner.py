@@ -2,9 +2,9 @@
 
 Memory follows the concurrency, never the input: a thread reads a block of raw lines at
 a time (see :mod:`batchib.source`), the producer parses it on the loop and blocks on the
-bounded queue; each worker holds one request; results are written the moment they are
-known. The policy that admits a request (rate limits)
-and the one that judges an answer (the client's verdict) live elsewhere.
+bounded queue; each worker holds one request; results are written at the end of the loop
+iteration in which they are known. The policy that admits a request (rate limits) and
+the one that judges an answer (the client's verdict) live elsewhere.
 """
 
 from __future__ import annotations

@@ -77,25 +77,22 @@ def read_blocks(paths: Iterable[str], block_bytes: int = BLOCK_BYTES) -> Iterato
                     pending = []
                 if tail:
                     pending.append(tail)
-                lines = []
-                for raw in parts:
-                    number += 1
-                    if number == 1 and raw.startswith(UTF8_BOM):
-                        raw = raw[len(UTF8_BOM) :]
-                    if raw.strip():
-                        lines.append((path, number, raw))
-                if lines:
+                if lines := _numbered(path, number, parts):
                     yield lines
-            if pending:
-                raw = b"".join(pending)
-                number += 1
-                if number == 1 and raw.startswith(UTF8_BOM):
-                    raw = raw[len(UTF8_BOM) :]
-                if raw.strip():
-                    yield [(path, number, raw)]
+                number += len(parts)
+            if pending and (lines := _numbered(path, number, [b"".join(pending)])):
+                yield lines
         finally:
             if path != STDIN:
                 stream.close()
+
+
+def _numbered(path: str, before: int, raws: list[bytes]) -> list[RawLine]:
+    """The non-blank lines of `raws` (lines `before` + 1, ... of `path`), numbered; a
+    UTF-8 BOM dropped from the file's first line."""
+    if before == 0 and raws[0].startswith(UTF8_BOM):
+        raws[0] = raws[0][len(UTF8_BOM) :]
+    return [(path, before + i, raw) for i, raw in enumerate(raws, start=1) if raw.strip()]
 
 
 def reject_duplicates(items: Sequence[Item], ids: IdStore) -> list[Item]:
