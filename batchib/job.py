@@ -130,9 +130,6 @@ class _Records:
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
 
-    def flush(self) -> None:
-        pass
-
 
 async def run_requests(
     lines: Iterable[Any],

@@ -15,11 +15,16 @@ from typing import Any, Protocol
 
 
 class RecordSink(Protocol):
+    """Where records go. A sink may also have ``flush()``, called at the end of each
+    batch of records, to hand them on at once (the results file: to the kernel)."""
+
     def write(self, record: dict[str, Any]) -> None: ...
 
-    def flush(self) -> None:
-        """Hand every record written so far on at once (for a file: to the kernel)."""
-        ...
+
+def _flush(sink: RecordSink) -> None:
+    flush = getattr(sink, "flush", None)
+    if flush is not None:
+        flush()
 
 
 class CompletionOrder:
@@ -38,7 +43,7 @@ class CompletionOrder:
             self._sink.write(record)
 
     def flush(self) -> None:
-        self._sink.flush()
+        _flush(self._sink)
 
     def finish(self) -> None:
         pass
@@ -78,7 +83,7 @@ class InputOrder:
         self._advanced.set()
 
     def flush(self) -> None:
-        self._sink.flush()
+        _flush(self._sink)
 
     def finish(self) -> None:
         """After a stop, lines cancelled in flight leave gaps: write what finished anyway

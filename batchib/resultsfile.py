@@ -139,10 +139,18 @@ class ResultsFile:
 
     def flush(self) -> None:
         """Hand the records written so far to the kernel now, in one `write`."""
+        if self._failed is not None:
+            # After a failed write nothing more goes out: a short write may have left
+            # part of a line, and only a torn *last* line can be set aside later.
+            raise self._failed
         if not self._pending:
             return
         lines, self._pending = self._pending, []
-        self._write_all(lines[0] if len(lines) == 1 else b"".join(lines))
+        try:
+            self._write_all(lines[0] if len(lines) == 1 else b"".join(lines))
+        except OutputError as exc:
+            self._failed = exc
+            raise
         self._written(len(lines))
 
     def _written(self, count: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -44,6 +45,10 @@ from batchib.tokens import (
     estimate_prompt_tokens,
 )
 from batchib.usage import RunStats
+
+# From Python 3.12 aiohttp starts the task that writes a request's body eagerly, so the
+# body leaves inside session.post(); on 3.11 it leaves in the next loop iteration.
+BODY_WRITTEN_AT_ONCE = sys.version_info >= (3, 12)
 
 Item = Request | InvalidLine
 Queue = asyncio.Queue[tuple[int, Request] | None]
@@ -151,7 +156,9 @@ class _Pipeline:
         )
         # Requests settled in this loop iteration, recorded together at its end.
         self.unsettled: list[tuple[int, _Sent]] = []
-        self.settle_error: BatchibError | None = None
+        # Set with the error when recording a batch fails (from a loop callback, which
+        # cannot raise to anyone): a task of the run awaits it and ends the run.
+        self.settle_failed: asyncio.Future[None] | None = None
 
     async def run(self, source: Source) -> None:
         queue: Queue = asyncio.Queue(self.settings.concurrency * 2)
@@ -160,6 +167,7 @@ class _Pipeline:
         # idle, and each thread brings its own malloc arena (memory that grows with the
         # run instead of staying flat).
         reader = ThreadPoolExecutor(1, thread_name_prefix="batchib-reader")
+        settle_failed = self.settle_failed = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.TaskGroup() as group:
                 producer = group.create_task(self.produce(source, queue, reader))
@@ -167,12 +175,16 @@ class _Pipeline:
                     group.create_task(self.work(queue)) for _ in range(self.settings.concurrency)
                 ]
                 enforcer = group.create_task(self.enforce_grace([producer, *workers]))
+                watcher = group.create_task(_raise_when_set(settle_failed))
                 await asyncio.wait([producer, *workers])
                 enforcer.cancel()
-            self.raise_settle_error()
+                watcher.cancel()
+            if settle_failed.done():  # failed after the last worker ended
+                settle_failed.result()
         finally:
             try:
-                self.settle_batch()  # what the last loop iteration settled
+                if not settle_failed.done():
+                    self.settle_batch()  # what the last loop iteration settled
             finally:
                 self.order.finish()
                 # The thread only reads (the id store is used on the loop alone): a read
@@ -191,7 +203,8 @@ class _Pipeline:
             if not block:
                 self.stats.input_complete = True
                 break
-            # A slice at a time: parsing a whole block at once would stall the loop.
+            # A slice at a time, with a turn for the loop after each: parsing a whole
+            # block (or lines that are all invalid or done) must not stall answers.
             for start in range(0, len(block), PARSE_BATCH):
                 for item in source.parse(block[start : start + PARSE_BATCH]):
                     if self.control.stopping:
@@ -199,6 +212,7 @@ class _Pipeline:
                     await self.admit(item, queue)
                 if self.control.stopping:
                     break
+                await asyncio.sleep(0)
         # Workers keep draining the queue (sending nothing once stopping), so these fit.
         for _ in range(self.settings.concurrency):
             await queue.put(None)
@@ -228,22 +242,16 @@ class _Pipeline:
             if sent is None:
                 self.order.done(seq, None)
                 continue
-            self.raise_settle_error()
             if not self.unsettled:
                 asyncio.get_running_loop().call_soon(self.settle_batch_later)
             self.unsettled.append((seq, sent))
 
     def settle_batch_later(self) -> None:
-        # A loop callback cannot raise to anyone: the next worker to settle (or run()
-        # at the end) raises the error instead.
         try:
             self.settle_batch()
-        except BatchibError as exc:
-            self.settle_error = exc
-
-    def raise_settle_error(self) -> None:
-        if self.settle_error is not None:
-            raise self.settle_error
+        except Exception as exc:  # an unwritable output, or a bug: either ends the run
+            if self.settle_failed is not None and not self.settle_failed.done():
+                self.settle_failed.set_exception(exc)
 
     def settle_batch(self) -> None:
         """Count and record every request settled in this loop iteration.
@@ -252,6 +260,11 @@ class _Pipeline:
         runs through enough memory that the stats and the record code start cold each
         time, and recording a batch in one go measured about 6 µs a request cheaper.
         Limits, budget, breaker and stops still react to each answer as it arrives.
+
+        The records reach the kernel before any request started in this iteration
+        writes its body, so a kill -9 re-sends only requests in flight: on Python 3.11
+        aiohttp writes a body from a task that runs in the next iteration, after this
+        callback; where it writes the body at once (3.12+), send() settles first.
         """
         if not self.unsettled:
             return
@@ -306,6 +319,8 @@ class _Pipeline:
                 reply = last
                 break
             attempt += 1
+            if BODY_WRITTEN_AT_ONCE and self.unsettled:
+                self.settle_batch()  # see settle_batch: records before the next body
             reply = await self.client.send(request.body_bytes)
             last = reply
             if reservation is not None and self.budget is not None:
@@ -363,6 +378,12 @@ class _Pipeline:
             task.cancel()
 
 
+async def _raise_when_set(failure: asyncio.Future[None]) -> None:
+    # Shielded: cancelling this task at the end of a run must not cancel `failure`,
+    # which run() still reads.
+    await asyncio.shield(failure)
+
+
 async def run_batch(
     items: Source | Iterable[Item],
     settings: RunSettings,
@@ -380,8 +401,11 @@ async def run_batch(
 
     `items` is a :class:`batchib.source.Source` (input files are
     :class:`batchib.source.InputFiles`) or any iterable of parsed lines; either is
-    consumed lazily. Requests for which `is_done` is true are skipped. `sleep`
-    and `rng` are injectable so that retry timing can be tested without waiting.
+    consumed lazily. A plain iterable is consumed on the event loop: one whose next item
+    may block (a socket, a slow generator) belongs in a Source with ``blocking = True``.
+    Requests for which `is_done` is true are skipped. `sleep` and `rng` are injectable
+    so that retry timing can be tested without waiting. A sink may have ``flush()``
+    (see :class:`batchib.ordering.RecordSink`).
     """
     control = control or RunControl()
     started = time.perf_counter()

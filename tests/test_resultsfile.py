@@ -276,3 +276,36 @@ def test_a_failed_group_fsync_is_raised_by_the_next_write_and_by_close(
             results.close()
 
     asyncio.run(scenario())
+
+
+def test_after_a_failed_flush_nothing_more_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = resultsfile.os.write
+    failed = False
+
+    def short_then_full(fd: int, data: bytes | memoryview) -> int:
+        nonlocal failed
+        if not failed:
+            failed = True
+            real_write(fd, bytes(data)[:5])  # part of a line reaches the file
+            raise OSError(28, "No space left on device")
+        return int(real_write(fd, data))
+
+    monkeypatch.setattr(resultsfile.os, "write", short_then_full)
+    path = tmp_path / "out.jsonl"
+
+    async def scenario() -> None:
+        results = ResultsFile(path)
+        results.write({"i": 0})
+        with pytest.raises(OutputError, match="No space left"):
+            results.flush()
+        with pytest.raises(OutputError, match="No space left"):
+            results.write({"i": 1})
+        with pytest.raises(OutputError, match="No space left"):
+            results.flush()
+        with pytest.raises(OutputError, match="No space left"):
+            results.close()
+
+    asyncio.run(scenario())
+    assert path.read_bytes() == b'{"i":'  # the torn fragment, and nothing after it

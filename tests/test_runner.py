@@ -37,9 +37,6 @@ class ListSink:
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
 
-    def flush(self) -> None:
-        pass
-
     def by_id(self) -> dict[str, dict[str, Any]]:
         return {r["custom_id"]: r for r in self.records}
 
@@ -483,3 +480,50 @@ def test_an_output_that_fails_mid_run_ends_the_run_with_its_error() -> None:
     with pytest.raises(OutputError, match="No space left"):
         asyncio.run(go())
     assert len(sink.records) == 5
+
+
+def test_a_bug_while_recording_a_batch_ends_the_run_with_its_error() -> None:
+    calls = 0
+
+    def progress(stats: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("progress broke")
+
+    async def go() -> RunOutcome:
+        async with ScriptedGateway().serving() as url:
+            return await run_batch(
+                requests(*[f"p{i}" for i in range(200)]),
+                RunSettings(api_key=ApiKey(KEY), base_url=url, concurrency=4),
+                ListSink(),
+                on_progress=progress,
+            )
+
+    caught: list[BaseException] = []
+    try:
+        asyncio.run(asyncio.wait_for(go(), timeout=60))
+    except* RuntimeError as group:
+        caught.extend(group.exceptions)
+    assert [str(error) for error in caught] == ["progress broke"]
+
+
+def test_an_output_failing_with_the_reorder_window_full_ends_the_run() -> None:
+    # In input order a failed write leaves the window stuck; the run must end with the
+    # error, not wait for a window that can no longer move.
+    sink = FailingSink(room=3)
+
+    async def go() -> RunOutcome:
+        async with ScriptedGateway().serving() as url:
+            settings = RunSettings(
+                api_key=ApiKey(KEY),
+                base_url=url,
+                concurrency=2,
+                order_input=True,
+                reorder_window=4,
+            )
+            return await run_batch(requests(*[f"p{i}" for i in range(50)]), settings, sink)
+
+    with pytest.raises(OutputError, match="No space left"):
+        asyncio.run(asyncio.wait_for(go(), timeout=60))
+    assert [r["custom_id"] for r in sink.records] == ["p0", "p1", "p2"]
