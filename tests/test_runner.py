@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from batchib import runner
+from batchib.client import GatewayClient, Reply
 from batchib.config import ApiKey, RequestDefaults, RunSettings
 from batchib.control import RunControl
 from batchib.errors import OutputError
@@ -527,3 +529,45 @@ def test_an_output_failing_with_the_reorder_window_full_ends_the_run() -> None:
     with pytest.raises(OutputError, match="No space left"):
         asyncio.run(asyncio.wait_for(go(), timeout=60))
     assert [r["custom_id"] for r in sink.records] == ["p0", "p1", "p2"]
+
+
+class FlushCountingSink(ListSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed = 0
+
+    def flush(self) -> None:
+        self.flushed = len(self.records)
+
+
+@pytest.mark.parametrize("body_written_at_once", [False, True])
+def test_where_a_body_leaves_inside_send_the_answers_before_it_are_recorded_first(
+    monkeypatch: pytest.MonkeyPatch, body_written_at_once: bool
+) -> None:
+    # On Python >= 3.12 aiohttp writes a body inside session.post(): every answer
+    # settled so far must be flushed before that, or a kill -9 re-sends it.
+    monkeypatch.setattr(runner, "BODY_WRITTEN_AT_ONCE", body_written_at_once)
+    sink = FlushCountingSink()
+    flushed_at_send: list[int] = []
+    real_send = GatewayClient.send
+
+    async def observed_send(self: GatewayClient, body_bytes: bytes) -> Reply:
+        flushed_at_send.append(sink.flushed)
+        return await real_send(self, body_bytes)
+
+    monkeypatch.setattr(GatewayClient, "send", observed_send)
+
+    async def go() -> RunOutcome:
+        async with ScriptedGateway().serving() as url:
+            return await run_batch(
+                requests(*[f"p{i}" for i in range(5)]),
+                RunSettings(api_key=ApiKey(KEY), base_url=url, concurrency=1),
+                sink,
+            )
+
+    asyncio.run(go())
+    if body_written_at_once:
+        assert flushed_at_send == [0, 1, 2, 3, 4]
+    else:  # 3.11: flushed by the end of the iteration, before the body's own task runs
+        assert flushed_at_send == [0, 0, 1, 2, 3]
+    assert sink.flushed == 5
