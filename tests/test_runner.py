@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -21,6 +21,8 @@ from batchib.control import RunControl
 from batchib.errors import OutputError
 from batchib.inputs import InvalidLine, Request, parse_line
 from batchib.runner import RunOutcome, run_batch
+from batchib.source import Source
+from batchib.usage import RunStats
 from tests.scripted import (
     ScriptedGateway,
     close_connection,
@@ -59,14 +61,17 @@ def requests(*prompts: str) -> list[Request | InvalidLine]:
 
 def run(
     gateway: ScriptedGateway,
-    items: list[Request | InvalidLine],
+    items: Source | list[Request | InvalidLine],
     *,
     sleep: RecordingSleep | None = None,
     control: RunControl | None = None,
     interrupt_after_s: float | None = None,
+    sink: ListSink | None = None,
+    on_progress: Callable[[RunStats], None] = lambda stats: None,
     **settings: Any,
 ) -> tuple[RunOutcome, ListSink]:
-    sink = ListSink()
+    """One run against `gateway`; a run that hangs fails after 60 s instead."""
+    records = sink if sink is not None else ListSink()
 
     async def go() -> RunOutcome:
         async with gateway.serving() as url:
@@ -77,13 +82,14 @@ def run(
             return await run_batch(
                 items,
                 run_settings,
-                sink,
+                records,
                 control=ctl,
+                on_progress=on_progress,
                 sleep=sleep or RecordingSleep(),
                 rng=random.Random(1),
             )
 
-    return asyncio.run(go()), sink
+    return asyncio.run(asyncio.wait_for(go(), timeout=60)), records
 
 
 def test_500_is_retried_with_backoff_then_succeeds() -> None:
@@ -438,15 +444,8 @@ def test_blocking_reads_happen_on_one_thread_of_their_own_and_parsing_on_the_loo
     # arena, so memory creeps up with the input); the reader is one dedicated thread.
     # Parsing stays on the loop: in the reader it fought the loop for the GIL.
     source = RecordingSource(list(requests(*[f"p{i}" for i in range(1000)])), 300)
-    sink = ListSink()
 
-    async def go() -> RunOutcome:
-        async with ScriptedGateway().serving() as url:
-            return await run_batch(
-                source, RunSettings(api_key=ApiKey(KEY), base_url=url, concurrency=8), sink
-            )
-
-    outcome = asyncio.run(go())
+    outcome, _ = run(ScriptedGateway(), source, concurrency=8)
     assert outcome.stats.succeeded == 1000
     assert len(source.readers) == 1
     assert source.readers.pop().startswith("batchib-reader")
@@ -471,16 +470,8 @@ def test_an_output_that_fails_mid_run_ends_the_run_with_its_error() -> None:
     # must still reach the caller, not the loop's exception handler.
     sink = FailingSink(room=5)
 
-    async def go() -> RunOutcome:
-        async with ScriptedGateway().serving() as url:
-            return await run_batch(
-                requests(*[f"p{i}" for i in range(50)]),
-                RunSettings(api_key=ApiKey(KEY), base_url=url, concurrency=4),
-                sink,
-            )
-
     with pytest.raises(OutputError, match="No space left"):
-        asyncio.run(go())
+        run(ScriptedGateway(), requests(*[f"p{i}" for i in range(50)]), sink=sink, concurrency=4)
     assert len(sink.records) == 5
 
 
@@ -493,18 +484,14 @@ def test_a_bug_while_recording_a_batch_ends_the_run_with_its_error() -> None:
         if calls == 2:
             raise RuntimeError("progress broke")
 
-    async def go() -> RunOutcome:
-        async with ScriptedGateway().serving() as url:
-            return await run_batch(
-                requests(*[f"p{i}" for i in range(200)]),
-                RunSettings(api_key=ApiKey(KEY), base_url=url, concurrency=4),
-                ListSink(),
-                on_progress=progress,
-            )
-
     caught: list[BaseException] = []
     try:
-        asyncio.run(asyncio.wait_for(go(), timeout=60))
+        run(
+            ScriptedGateway(),
+            requests(*[f"p{i}" for i in range(200)]),
+            on_progress=progress,
+            concurrency=4,
+        )
     except* RuntimeError as group:
         caught.extend(group.exceptions)
     assert [str(error) for error in caught] == ["progress broke"]
@@ -515,19 +502,15 @@ def test_an_output_failing_with_the_reorder_window_full_ends_the_run() -> None:
     # error, not wait for a window that can no longer move.
     sink = FailingSink(room=3)
 
-    async def go() -> RunOutcome:
-        async with ScriptedGateway().serving() as url:
-            settings = RunSettings(
-                api_key=ApiKey(KEY),
-                base_url=url,
-                concurrency=2,
-                order_input=True,
-                reorder_window=4,
-            )
-            return await run_batch(requests(*[f"p{i}" for i in range(50)]), settings, sink)
-
     with pytest.raises(OutputError, match="No space left"):
-        asyncio.run(asyncio.wait_for(go(), timeout=60))
+        run(
+            ScriptedGateway(),
+            requests(*[f"p{i}" for i in range(50)]),
+            sink=sink,
+            concurrency=2,
+            order_input=True,
+            reorder_window=4,
+        )
     assert [r["custom_id"] for r in sink.records] == ["p0", "p1", "p2"]
 
 
@@ -557,15 +540,7 @@ def test_where_a_body_leaves_inside_send_the_answers_before_it_are_recorded_firs
 
     monkeypatch.setattr(GatewayClient, "send", observed_send)
 
-    async def go() -> RunOutcome:
-        async with ScriptedGateway().serving() as url:
-            return await run_batch(
-                requests(*[f"p{i}" for i in range(5)]),
-                RunSettings(api_key=ApiKey(KEY), base_url=url, concurrency=1),
-                sink,
-            )
-
-    asyncio.run(go())
+    run(ScriptedGateway(), requests(*[f"p{i}" for i in range(5)]), sink=sink, concurrency=1)
     if body_written_at_once:
         assert flushed_at_send == [0, 1, 2, 3, 4]
     else:  # 3.11: flushed by the end of the iteration, before the body's own task runs
