@@ -1,8 +1,9 @@
 """The pipeline: reader → bounded queue → N workers → results file.
 
 Memory follows the concurrency, never the input: a thread reads a block of raw lines at
-a time (see :mod:`batchib.source`), the producer parses it on the loop and blocks on the
-bounded queue; each worker holds one request; results are written at the end of the loop
+a time (see :mod:`batchib.source`), the producer parses it on the loop a slice at a time
+and waits for room in the bounded queue (:mod:`batchib.workqueue`) between slices; each
+worker holds one request; results are written at the end of the loop
 iteration in which they are known. The policy that admits a request (rate limits) and
 the one that judges an answer (the client's verdict) live elsewhere.
 """
@@ -45,13 +46,14 @@ from batchib.tokens import (
     estimate_prompt_tokens,
 )
 from batchib.usage import RunStats
+from batchib.workqueue import WorkQueue
 
 # From Python 3.12 aiohttp starts the task that writes a request's body eagerly, so the
 # body leaves inside session.post(); on 3.11 it leaves in the next loop iteration.
 BODY_WRITTEN_AT_ONCE = sys.version_info >= (3, 12)
 
 Item = Request | InvalidLine
-Queue = asyncio.Queue[tuple[int, Request] | None]
+Queue = WorkQueue[tuple[int, Request] | None]
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -161,7 +163,7 @@ class _Pipeline:
         self.settle_failed: asyncio.Future[None] | None = None
 
     async def run(self, source: Source) -> None:
-        queue: Queue = asyncio.Queue(self.settings.concurrency * 2)
+        queue: Queue = WorkQueue(self.settings.concurrency * 2)
         # One reader thread of our own, not asyncio's default pool: that pool may start a
         # new thread for a block asked for while the last thread is still marking itself
         # idle, and each thread brings its own malloc arena (memory that grows with the
@@ -204,7 +206,8 @@ class _Pipeline:
                 self.stats.input_complete = True
                 break
             # A slice at a time, with a turn for the loop after each: parsing a whole
-            # block (or lines that are all invalid or done) must not stall answers.
+            # block (or lines that are all invalid or done) must not stall answers. The
+            # producer waits for room once per slice, not once per request.
             for start in range(0, len(block), PARSE_BATCH):
                 for item in source.parse(block[start : start + PARSE_BATCH]):
                     if self.control.stopping:
@@ -212,10 +215,11 @@ class _Pipeline:
                     await self.admit(item, queue)
                 if self.control.stopping:
                     break
+                await queue.wait_for_room()
                 await asyncio.sleep(0)
-        # Workers keep draining the queue (sending nothing once stopping), so these fit.
+        # One end marker per worker (the queue takes them without waiting).
         for _ in range(self.settings.concurrency):
-            await queue.put(None)
+            queue.put(None)
 
     async def admit(self, item: Item, queue: Queue) -> None:
         self.stats.read += 1
@@ -229,7 +233,7 @@ class _Pipeline:
             self.stats.skipped += 1
             self.on_progress(self.stats)
         else:
-            await queue.put((seq, item))
+            queue.put((seq, item))
             self.stats.queued += 1
 
     async def work(self, queue: Queue) -> None:

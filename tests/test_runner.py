@@ -546,3 +546,26 @@ def test_where_a_body_leaves_inside_send_the_answers_before_it_are_recorded_firs
     else:  # 3.11: flushed by the end of the iteration, before the body's own task runs
         assert flushed_at_send == [0, 0, 1, 2, 3]
     assert sink.flushed == 5
+
+
+def test_the_requests_read_ahead_of_the_workers_stay_within_the_queue_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Memory follows the concurrency: the producer adds a slice at a time and then waits,
+    # so at most twice the concurrency plus one slice are ever queued.
+    peak = 0
+
+    class MeasuredQueue(runner.WorkQueue[Any]):
+        def put(self, entry: Any) -> None:
+            nonlocal peak
+            super().put(entry)
+            peak = max(peak, self.qsize())
+
+    monkeypatch.setattr(runner, "WorkQueue", MeasuredQueue)
+    count = 3 * runner.PARSE_BATCH
+    source = RecordingSource(list(requests(*[f"p{i}" for i in range(count)])), count)
+    outcome, sink = run(ScriptedGateway(latency_s=0.001), source, concurrency=4)
+
+    assert outcome.stats.succeeded == count
+    assert len(sink.records) == count
+    assert 2 * 4 <= peak <= 2 * 4 + runner.PARSE_BATCH + 4  # + the end markers
