@@ -31,6 +31,7 @@ from batchib.control import (
     RunControl,
     Stop,
 )
+from batchib.eagerwrite import SpareTime, eager_writes
 from batchib.errors import BatchibError, InputError
 from batchib.inputs import InvalidLine, Request
 from batchib.limits import Limits
@@ -156,6 +157,8 @@ class _Pipeline:
             if settings.order_input
             else CompletionOrder(sink)
         )
+        # Whether the loop has time to spare, for eager body writes (batchib.eagerwrite).
+        self.spare = SpareTime()
         # Requests settled in this loop iteration, recorded together at its end.
         self.unsettled: list[tuple[int, _Sent]] = []
         # Set with the error when recording a batch fails (from a loop callback, which
@@ -171,16 +174,18 @@ class _Pipeline:
         reader = ThreadPoolExecutor(1, thread_name_prefix="batchib-reader")
         settle_failed = self.settle_failed = asyncio.get_running_loop().create_future()
         try:
-            async with asyncio.TaskGroup() as group:
-                producer = group.create_task(self.produce(source, queue, reader))
-                workers = [
-                    group.create_task(self.work(queue)) for _ in range(self.settings.concurrency)
-                ]
-                enforcer = group.create_task(self.enforce_grace([producer, *workers]))
-                watcher = group.create_task(_raise_when_set(settle_failed))
-                await asyncio.wait([producer, *workers])
-                enforcer.cancel()
-                watcher.cancel()
+            with eager_writes(self.spare, self.settle_pending):
+                async with asyncio.TaskGroup() as group:
+                    producer = group.create_task(self.produce(source, queue, reader))
+                    workers = [
+                        group.create_task(self.work(queue))
+                        for _ in range(self.settings.concurrency)
+                    ]
+                    enforcer = group.create_task(self.enforce_grace([producer, *workers]))
+                    watcher = group.create_task(_raise_when_set(settle_failed))
+                    await asyncio.wait([producer, *workers])
+                    enforcer.cancel()
+                    watcher.cancel()
             if settle_failed.done():  # failed after the last worker ended
                 settle_failed.result()
         finally:
@@ -247,10 +252,12 @@ class _Pipeline:
                 self.order.done(seq, None)
                 continue
             if not self.unsettled:
-                asyncio.get_running_loop().call_soon(self.settle_batch_later)
+                asyncio.get_running_loop().call_soon(self.settle_pending)
             self.unsettled.append((seq, sent))
 
-    def settle_batch_later(self) -> None:
+    def settle_pending(self) -> None:
+        """:meth:`settle_batch` for callers that cannot raise (a loop callback, the task
+        factory of :mod:`batchib.eagerwrite`): an error ends the run instead."""
         try:
             self.settle_batch()
         except Exception as exc:  # an unwritable output, or a bug: either ends the run
@@ -268,7 +275,9 @@ class _Pipeline:
         The records reach the kernel before any request started in this iteration
         writes its body, so a kill -9 re-sends only requests in flight: on Python 3.11
         aiohttp writes a body from a task that runs in the next iteration, after this
-        callback; where it writes the body at once (3.12+), send() settles first.
+        callback, unless :mod:`batchib.eagerwrite` writes it at once, which settles
+        first; where aiohttp writes the body at once itself (3.12+), send() settles
+        first.
         """
         if not self.unsettled:
             return
@@ -289,6 +298,7 @@ class _Pipeline:
         # socket: a kill -9 then re-sends only what was in flight, never what was answered.
         self.order.flush()
         self.on_progress(stats)
+        self.spare.update()
 
     async def send(self, request: Request) -> _Sent | None:
         """Every attempt of one request; the last one decides its record. None when the

@@ -104,6 +104,7 @@ class ScriptedGateway:
     received: list[Received] = field(default_factory=list)
     in_flight: int = 0
     peak_in_flight: int = 0
+    max_body_bytes: int = 1024**2  # aiohttp's default
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
@@ -126,7 +127,7 @@ class ScriptedGateway:
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[str]:
         """Serve on loopback; yields the base URL."""
-        app = web.Application()
+        app = web.Application(client_max_size=self.max_body_bytes)
         app.router.add_post("/v1/chat/completions", self.handle)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()

@@ -13,11 +13,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_writer import StreamWriter
 
-from batchib import runner
+from batchib import eagerwrite, runner
 from batchib.client import GatewayClient, Reply
 from batchib.config import ApiKey, RequestDefaults, RunSettings
 from batchib.control import RunControl
+from batchib.eagerwrite import WRITE_BYTES_CODE, SpareTime
 from batchib.errors import OutputError
 from batchib.inputs import InvalidLine, Request, parse_line
 from batchib.runner import RunOutcome, run_batch
@@ -569,3 +572,80 @@ def test_the_requests_read_ahead_of_the_workers_stay_within_the_queue_bound(
     assert outcome.stats.succeeded == count
     assert len(sink.records) == count
     assert 2 * 4 <= peak <= 2 * 4 + runner.PARSE_BATCH + 4  # + the end markers
+
+
+class EagerWrites(SpareTime):
+    """Eager body writes from the start, whatever the loop's load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.eager = True
+
+    def update(self) -> None:
+        pass
+
+
+class DeferredWrites(SpareTime):
+    def update(self) -> None:
+        pass
+
+
+def observe_client_body_writes(
+    monkeypatch: pytest.MonkeyPatch, observe: Callable[[], None]
+) -> None:
+    """Call `observe` as each request body (not a server's answer) is written."""
+    real_write = StreamWriter.write
+
+    async def observed_write(self: StreamWriter, chunk: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(self.protocol, ResponseHandler):
+            observe()
+        await real_write(self, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(StreamWriter, "write", observed_write)
+
+
+@pytest.mark.skipif(not eagerwrite.NEEDED, reason="aiohttp writes bodies eagerly itself")
+@pytest.mark.parametrize("writes", [DeferredWrites, EagerWrites])
+def test_a_body_leaves_only_once_the_answers_before_it_are_recorded(
+    monkeypatch: pytest.MonkeyPatch, writes: type[SpareTime]
+) -> None:
+    # Deferred (aiohttp's default on 3.11) the body leaves from its own task in the next
+    # loop iteration; eager, from the worker's task inside session.post(). Either way
+    # the answers settled before it are flushed first, or a kill -9 re-sends them.
+    monkeypatch.setattr(runner, "SpareTime", writes)
+    sink = FlushCountingSink()
+    at_write: list[tuple[int, bool]] = []
+
+    def observe() -> None:
+        task = asyncio.current_task()
+        from_writer_task = task is not None and task.get_coro().cr_code is WRITE_BYTES_CODE
+        at_write.append((sink.flushed, from_writer_task))
+
+    observe_client_body_writes(monkeypatch, observe)
+    run(ScriptedGateway(), requests(*[f"p{i}" for i in range(5)]), sink=sink, concurrency=1)
+
+    eager = writes is EagerWrites
+    assert at_write == [(n, not eager) for n in range(5)]
+    assert sink.flushed == 5
+
+
+@pytest.mark.skipif(not eagerwrite.NEEDED, reason="aiohttp writes bodies eagerly itself")
+def test_an_eager_write_that_meets_back_pressure_goes_on_as_a_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runner, "SpareTime", EagerWrites)
+    resumed: list[bool] = []
+    real_resume = eagerwrite._resume
+
+    def spy(coro: Any, waiting_on: Any) -> Any:
+        resumed.append(True)
+        return real_resume(coro, waiting_on)
+
+    monkeypatch.setattr(eagerwrite, "_resume", spy)
+    big = "x" * (8 * 1024**2)  # far more than a socket takes at once
+    gateway = ScriptedGateway(max_body_bytes=16 * 1024**2)
+    outcome, _ = run(gateway, requests(big, "small"), concurrency=1)
+
+    assert outcome.stats.succeeded == 2
+    assert [r.prompt for r in gateway.received] == [big, "small"]
+    assert resumed == [True]  # the big body waited for the socket; the small one did not

@@ -1,0 +1,196 @@
+"""Eager body writes (Python 3.11): when they happen, and the task-by-hand machinery."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from batchib.eagerwrite import (
+    BUSY_ABOVE,
+    IDLE_BELOW,
+    WINDOW_S,
+    WRITE_BYTES_CODE,
+    SpareTime,
+    eager_writes,
+    start_eagerly,
+    task_factory,
+)
+
+# A little over a window, so that float rounding cannot leave a window unfinished.
+WINDOW = WINDOW_S * 1.01
+
+
+class Clocks:
+    def __init__(self) -> None:
+        self.wall = 100.0
+        self.cpu = 5.0
+
+    def spend(self, wall_s: float, busy: float) -> None:
+        self.wall += wall_s
+        self.cpu += wall_s * busy
+
+
+def spare_time(clocks: Clocks) -> SpareTime:
+    return SpareTime(clock=lambda: clocks.wall, cpu_clock=lambda: clocks.cpu)
+
+
+def test_writes_start_deferred_then_go_eager_once_the_loop_has_time_to_spare() -> None:
+    clocks = Clocks()
+    spare = spare_time(clocks)
+    assert not spare.eager
+    clocks.spend(WINDOW, IDLE_BELOW - 0.05)
+    spare.update()
+    assert spare.eager
+
+
+def test_a_busy_loop_stops_eager_writes_and_only_a_clearly_idle_one_restarts_them() -> None:
+    clocks = Clocks()
+    spare = spare_time(clocks)
+    seen = []
+    for busy in (0.2, BUSY_ABOVE - 0.05, BUSY_ABOVE + 0.05, IDLE_BELOW + 0.05, 0.3):
+        clocks.spend(WINDOW, busy)
+        spare.update()
+        seen.append(spare.eager)
+    # Between the two thresholds the mode stays what it was, either way.
+    assert seen == [True, True, False, False, True]
+
+
+def test_utilisation_is_judged_over_a_whole_window_not_each_call() -> None:
+    clocks = Clocks()
+    spare = spare_time(clocks)
+    clocks.spend(WINDOW / 2, 0.0)  # idle, but the window is not over
+    spare.update()
+    assert not spare.eager
+    clocks.spend(WINDOW / 2, 1.0)  # the whole window: 50% busy
+    spare.update()
+    assert spare.eager
+
+
+async def two_waits(first: asyncio.Future[int], second: asyncio.Future[int]) -> int:
+    return await first + await second
+
+
+def test_a_coroutine_that_finishes_in_its_first_step_gives_a_done_future() -> None:
+    async def instant() -> str:
+        return "written"
+
+    async def go() -> asyncio.Future[Any]:
+        return start_eagerly(asyncio.get_running_loop(), instant())
+
+    future = asyncio.run(go())
+    assert future.done() and future.result() == "written"
+
+
+def test_a_coroutine_that_fails_in_its_first_step_gives_a_failed_future() -> None:
+    async def failing() -> None:
+        raise OSError("broken pipe")
+
+    async def go() -> asyncio.Future[Any]:
+        return start_eagerly(asyncio.get_running_loop(), failing())
+
+    future = asyncio.run(go())
+    assert isinstance(future.exception(), OSError)
+
+
+def test_a_coroutine_that_waits_goes_on_as_a_task_from_where_it_stopped() -> None:
+    async def go() -> int:
+        loop = asyncio.get_running_loop()
+        first, second = loop.create_future(), loop.create_future()
+        task = start_eagerly(loop, two_waits(first, second))
+        assert isinstance(task, asyncio.Task) and not task.done()
+        first.set_result(2)
+        await asyncio.sleep(0)
+        assert not task.done()
+        second.set_result(40)
+        return await task
+
+    assert asyncio.run(go()) == 42
+
+
+def test_cancelling_the_task_reaches_the_coroutine_wherever_it_is() -> None:
+    cleaned: list[str] = []
+
+    async def writer(gate: asyncio.Future[None]) -> None:
+        try:
+            await gate
+        finally:
+            cleaned.append("connection closed")
+
+    async def go(wait_first: bool) -> None:
+        loop = asyncio.get_running_loop()
+        task = start_eagerly(loop, writer(loop.create_future()))
+        if wait_first:  # cancelled while waiting, or before its first step as a task
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    for wait_first in (True, False):
+        cleaned.clear()
+        asyncio.run(go(wait_first))
+        assert cleaned == ["connection closed"]
+
+
+def test_the_factory_creates_every_other_coroutine_as_an_ordinary_task() -> None:
+    class Eager(SpareTime):
+        def __init__(self) -> None:
+            super().__init__()
+            self.eager = True
+
+    async def go() -> tuple[list[str], str]:
+        calls: list[str] = []
+
+        async def other() -> str:
+            calls.append("ran")
+            return "other"
+
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(task_factory(Eager(), lambda: calls.append("settled")))
+        task = asyncio.create_task(other())
+        at_creation = list(calls)  # an ordinary task first runs in the next iteration
+        assert isinstance(task, asyncio.Task)
+        return at_creation, await task
+
+    assert asyncio.run(go()) == ([], "other")
+    assert WRITE_BYTES_CODE.co_name == "write_bytes"
+
+
+def test_the_factory_is_on_the_loop_only_while_writes_are_eager() -> None:
+    clocks = Clocks()
+    spare = spare_time(clocks)
+
+    async def go() -> list[bool]:
+        loop = asyncio.get_running_loop()
+        installed = []
+        with eager_writes(spare, lambda: None):
+            installed.append(loop.get_task_factory() is not None)
+            for busy in (0.1, 1.0, 0.1):
+                clocks.spend(WINDOW, busy)
+                spare.update()
+                installed.append(loop.get_task_factory() is not None)
+        installed.append(loop.get_task_factory() is not None)
+        return installed
+
+    # Deferred at first (no factory), eager, busy again, eager, and gone at the end.
+    assert asyncio.run(go()) == [False, True, False, True, False]
+    assert spare.on_change is None
+
+
+def test_a_loop_with_a_task_factory_of_its_own_is_left_alone() -> None:
+    clocks = Clocks()
+    spare = spare_time(clocks)
+
+    def own_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async def go() -> bool:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(own_factory)
+        with eager_writes(spare, lambda: None):
+            clocks.spend(WINDOW, 0.1)
+            spare.update()
+            return loop.get_task_factory() is own_factory
+
+    assert asyncio.run(go())
