@@ -10,10 +10,13 @@ install and cannot add latency; the simulator (aiohttp, validation, tokenizer) c
 Each reply carries the same usage, so a client's output can be checked: N requests must
 add up to N times these token counts.
 
-    python bench/canned_server.py --port-file FILE [--latency-ms 20]
-
 It writes its URL to --port-file once listening, serves until SIGTERM/SIGINT, and then
-prints one JSON line to stdout: requests answered.
+prints one JSON line to stdout: requests answered. With --stats-file, each SIGUSR1 writes
+there the answers since the last one, with the times of the first and the last (the
+monotonic clock, in seconds), and starts counting again: the rate a client kept up once
+running, without its start-up and exit.
+
+    python bench/canned_server.py --port-file FILE [--latency-ms 20] [--stats-file FILE]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import asyncio
 import json
 import signal
+import time
 from pathlib import Path
 from typing import cast
 
@@ -62,7 +66,35 @@ RESPONSE = (
 
 
 class Counter:
-    answered = 0
+    def __init__(self) -> None:
+        self.answered = 0
+        # Since the last SIGUSR1: answers, and the times of the first and the last.
+        self.since = 0
+        self.first_s = 0.0
+        self.last_s = 0.0
+        self.reports = 0
+
+    def count(self) -> None:
+        now = time.monotonic()
+        if not self.since:
+            self.first_s = now
+        self.last_s = now
+        self.since += 1
+        self.answered += 1
+
+    def report(self, stats_file: Path) -> None:
+        """Write the answers since the last report (atomically) and start again."""
+        self.reports += 1
+        stats = {
+            "report": self.reports,
+            "answered": self.since,
+            "first_s": self.first_s,
+            "last_s": self.last_s,
+        }
+        temp = stats_file.with_suffix(".tmp")
+        temp.write_text(json.dumps(stats))
+        temp.replace(stats_file)
+        self.since = 0
 
 
 class CannedProtocol(asyncio.Protocol):
@@ -105,10 +137,10 @@ class CannedProtocol(asyncio.Protocol):
     def answer(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(RESPONSE)
-            self.counter.answered += 1
+            self.counter.count()
 
 
-async def serve(port_file: Path, latency_ms: float) -> int:
+async def serve(port_file: Path, latency_ms: float, stats_file: Path | None) -> int:
     loop = asyncio.get_running_loop()
     counter = Counter()
     server = await loop.create_server(
@@ -118,6 +150,8 @@ async def serve(port_file: Path, latency_ms: float) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if stats_file is not None:
+        loop.add_signal_handler(signal.SIGUSR1, counter.report, stats_file)
     temp = port_file.with_suffix(".tmp")
     temp.write_text(f"http://127.0.0.1:{port}/v1\n")
     temp.replace(port_file)
@@ -130,6 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port-file", type=Path, required=True)
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--stats-file", type=Path)
     args = parser.parse_args()
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -137,7 +172,7 @@ def main() -> None:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    answered = runner(serve(args.port_file, args.latency_ms))
+    answered = runner(serve(args.port_file, args.latency_ms, args.stats_file))
     print(json.dumps({"answered": answered}), flush=True)
 
 

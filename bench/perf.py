@@ -36,6 +36,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,12 +82,19 @@ class Run:
     wall_s: float
     requests_per_s: float
     cpu_ms_per_request: float
-    peak_rss_mb: float
+    peak_rss_mb: float | None  # None where it cannot be told from the bench's own
     event_loop: str | None = None  # batchib's, from its summary
+    # At the server: answers from the first to the last, per second (no start-up or exit).
+    served_per_s: float | None = None
 
     @classmethod
     def of(
-        cls, client: str, requests: int, measured: Measured, event_loop: str | None = None
+        cls,
+        client: str,
+        requests: int,
+        measured: Measured,
+        event_loop: str | None = None,
+        rss_reported: bool = True,
     ) -> Run:
         return cls(
             client=client,
@@ -94,15 +102,20 @@ class Run:
             wall_s=round(measured.wall_s, 3),
             requests_per_s=round(requests / measured.wall_s, 1),
             cpu_ms_per_request=round(measured.cpu_s * 1000 / requests, 4),
-            peak_rss_mb=round(measured.peak_rss_mb, 1),
+            peak_rss_mb=round(measured.peak_rss_mb, 1) if rss_reported else None,
             event_loop=event_loop,
         )
 
     def line(self) -> str:
+        served = f", served {self.served_per_s:,.0f}/s" if self.served_per_s else ""
         return (
             f"{self.requests_per_s:8,.0f} req/s  {self.cpu_ms_per_request:.3f} CPU ms/req  "
-            f"{self.peak_rss_mb:6.1f} MB  ({self.wall_s:.2f} s)"
+            f"{rss_text(self.peak_rss_mb):>6} MB  ({self.wall_s:.2f} s{served})"
         )
+
+
+def rss_text(peak_rss_mb: float | None) -> str:
+    return "—" if peak_rss_mb is None else f"{peak_rss_mb:.1f}"
 
 
 def fail(label: str, message: str) -> NoReturn:
@@ -359,11 +372,33 @@ def run_sdk(
     return Run.of("sdk", requests, measured)
 
 
+def run_wire(
+    source: Path, output: Path, url: str, concurrency: int, requests: int, label: str
+) -> Run:
+    """No HTTP library: bare asyncio protocols on uvloop, a reference for the ceiling."""
+    command = [
+        sys.executable,
+        str(BENCH / "wire_client.py"),
+        str(source),
+        str(output),
+        url,
+        MODEL,
+        str(concurrency),
+    ]
+    # Smaller than this bench's own process: its peak RSS cannot be told from the one a
+    # forked child inherits, so none is reported.
+    measured = measured_ok(command, clean_env(), label, timeout_for(requests), rss_reported=False)
+    check_printed_totals(output, measured, requests, label)
+    remove_outputs(output)
+    return Run.of("wire", requests, measured, rss_reported=False)
+
+
 CLIENTS = {
     "batchib": run_batchib,
     "batchib-asyncio": functools.partial(run_batchib, loop="asyncio"),
     "floor": run_floor,
     "floor-uvloop": functools.partial(run_floor, loop="uvloop"),
+    "wire": run_wire,
     "sdk": run_sdk,
 }
 CLIENT_NAMES = {
@@ -371,10 +406,37 @@ CLIENT_NAMES = {
     "batchib-asyncio": "batchib, asyncio loop",
     "floor": "floor (aiohttp)",
     "floor-uvloop": "floor (aiohttp), uvloop",
+    "wire": "wire (no HTTP library), uvloop",
     "sdk": "OpenAI SDK",
 }
 # Where batchib also runs on asyncio's loop and the floor on uvloop's, if uvloop is there.
 LOOP_CELL = ("instant", 64)
+# Where the wire client runs too: the cell whose target is a share of a ceiling.
+WIRE_CELL = ("20 ms", 64)
+
+
+class CannedServer:
+    """A running bench/canned_server.py: its URL, and its count of answers per run."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log: Path, url: str, stats: Path):
+        self.process, self.log, self.url, self.stats_file = process, log, url, stats
+        self.reports = 0
+
+    def served(self) -> dict[str, Any]:
+        """The answers since the last call, and the times of the first and the last
+        (SIGUSR1 makes the server write them and start counting again)."""
+        self.reports += 1
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # a benchmark waiting for its child
+            try:
+                stats: dict[str, Any] = orjson.loads(self.stats_file.read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                stats = {}
+            if stats.get("report") == self.reports:
+                return stats
+            time.sleep(0.01)
+        raise SystemExit(f"the canned server at {self.url} did not report its answers")
 
 
 def median_run(runs: list[Run]) -> Run:
@@ -389,7 +451,7 @@ def median_run(runs: list[Run]) -> Run:
 def throughput_cell(
     server: str,
     latency_ms: float,
-    url: str,
+    canned: CannedServer,
     concurrency: int,
     source: Path,
     requests: int,
@@ -405,12 +467,22 @@ def throughput_cell(
         if with_asyncio_loop
         else ["batchib", "floor"]
     )
+    if (server, concurrency) == WIRE_CELL:
+        one_round.append("wire")
     order = one_round * repeats + (["sdk"] if with_sdk else [])
     runs: dict[str, list[Run]] = {client: [] for client in dict.fromkeys(order)}
     for client in order:
         label = f"{client} ({cell}, run {len(runs[client]) + 1})"
         output = workdir / f"out-{client}.jsonl"
-        run = CLIENTS[client](source, output, url, concurrency, requests, label)
+        canned.served()  # counting starts from here
+        run = CLIENTS[client](source, output, canned.url, concurrency, requests, label)
+        served = canned.served()
+        check(
+            served["answered"] == requests,
+            label,
+            f"the server answered {served['answered']} requests, expected {requests}",
+        )
+        run.served_per_s = round((requests - 1) / (served["last_s"] - served["first_s"]), 1)
         runs[client].append(run)
         print(f"  {label:48} {run.line()}", flush=True)
     median = {client: median_run(client_runs) for client, client_runs in runs.items()}
@@ -445,6 +517,11 @@ def throughput_cell(
         result["ceiling_requests_per_s"] = round(ceiling, 1)
         result["of_ceiling"] = {
             client: round(run.requests_per_s / ceiling, 3) for client, run in median.items()
+        }
+        result["served_of_ceiling"] = {
+            client: round(run.served_per_s / ceiling, 3)
+            for client, run in median.items()
+            if run.served_per_s is not None
         }
     return result
 
@@ -667,9 +744,9 @@ def context() -> dict[str, Any]:
 
 def markdown(results: dict[str, Any]) -> str:
     rows = [
-        "| server | c | client | req/s | CPU ms/req | peak RSS MB | vs floor "
-        "(req/s, CPU/req) | vs SDK (req/s) | of ceiling |",
-        "|---|---:|---|---:|---:|---:|---|---:|---:|",
+        "| server | c | client | req/s | served req/s | CPU ms/req | peak RSS MB | vs floor "
+        "(req/s, CPU/req) | vs SDK (req/s) | of ceiling (served) |",
+        "|---|---:|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for cell in results["throughput"]:
         ceiling = cell.get("ceiling_requests_per_s")
@@ -681,11 +758,17 @@ def markdown(results: dict[str, Any]) -> str:
                 vs_floor = f"{speed:.2f}{TIMES}, {cpu:.2f}{TIMES}"
                 if client in cell["vs_sdk"]:
                     vs_sdk = f"{cell['vs_sdk'][client]:.2f}{TIMES}"
-            of_ceiling = f"{cell['of_ceiling'][client]:.0%} of {ceiling:,.0f}" if ceiling else "—"
+            of_ceiling = "—"
+            if ceiling:
+                of_ceiling = f"{cell['of_ceiling'][client]:.0%} of {ceiling:,.0f}"
+                if client in cell.get("served_of_ceiling", {}):
+                    of_ceiling += f" ({cell['served_of_ceiling'][client]:.0%})"
+            served = run.get("served_per_s")
             rows.append(
                 f"| {cell['server']} | {cell['concurrency']} | {CLIENT_NAMES[client]} | "
-                f"{run['requests_per_s']:,.0f} | {run['cpu_ms_per_request']:.3f} | "
-                f"{run['peak_rss_mb']:.1f} | {vs_floor} | {vs_sdk} | {of_ceiling} |"
+                f"{run['requests_per_s']:,.0f} | {'—' if served is None else f'{served:,.0f}'} | "
+                f"{run['cpu_ms_per_request']:.3f} | "
+                f"{rss_text(run['peak_rss_mb'])} | {vs_floor} | {vs_sdk} | {of_ceiling} |"
             )
     settings = results["settings"]
     runs = f"the median run by req/s of {settings['repeats']} for batchib and the floor"
@@ -700,7 +783,8 @@ def markdown(results: dict[str, Any]) -> str:
     out = [
         f"{settings['requests']:,} requests per run; {runs}"
         f"{', one SDK run' if settings['sdk'] else ' (SDK skipped)'}; req/s over the whole "
-        "process (start-up included); CPU and peak RSS the client process's own. "
+        "process (start-up and exit included); served req/s at the server, from the first "
+        "answer to the last (neither); CPU and peak RSS the client process's own. "
         f"batchib's event loop (from its summary): {', '.join(loops)}; the floor and the "
         "SDK run on asyncio's.",
         "",
@@ -880,12 +964,13 @@ def main() -> None:
         workdir = Path(temp)
         source = workdir / f"input-{n}.jsonl"
         write_shorthand(source, n)
-        servers: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        servers: dict[str, CannedServer] = {}
         urls: dict[str, str] = {}
         try:
             for name, latency_ms in SERVERS.items():
                 tag = name.replace(" ", "")
                 log = workdir / f"server-{tag}.out"
+                stats = workdir / f"server-{tag}.stats.json"
                 with open(log, "wb") as sink:
                     process, urls[name] = start_with_port_file(
                         [
@@ -895,13 +980,15 @@ def main() -> None:
                             str(workdir / f"server-{tag}.url"),
                             "--latency-ms",
                             str(latency_ms),
+                            "--stats-file",
+                            str(stats),
                         ],
                         workdir / f"server-{tag}.url",
                         what=f"the canned server ({name})",
                         stdout=sink,
                         stderr=subprocess.STDOUT,
                     )
-                servers[name] = (process, log)
+                servers[name] = CannedServer(process, log, urls[name], stats)
 
             print(f"throughput: {n:,} requests per run", flush=True)
             results["throughput"] = []
@@ -910,7 +997,7 @@ def main() -> None:
                     cell = throughput_cell(
                         name,
                         latency_ms,
-                        urls[name],
+                        servers[name],
                         concurrency,
                         source,
                         n,
@@ -959,7 +1046,9 @@ def main() -> None:
                 results["profile"] = profile(urls["instant"], source, n, workdir)
                 expected_answers["instant"] += n
         finally:
-            answered = {name: stop_server(*server) for name, server in servers.items()}
+            answered = {
+                name: stop_server(server.process, server.log) for name, server in servers.items()
+            }
         results["servers"] = {
             name: {"answered": answered[name], "requests_sent": expected_answers[name]}
             for name in servers
