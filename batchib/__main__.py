@@ -1,5 +1,5 @@
 """`python -m batchib` runs the command-line interface."""
 
-from batchib.cli import main
+from batchib.cli import console_main
 
-main()
+console_main()

@@ -141,6 +141,35 @@ def main() -> None:
     """Run large batches of chat completions against an OpenAI-compatible gateway."""
 
 
+def console_main() -> NoReturn:
+    """The `batchib` command: the CLI, then an exit that skips the interpreter's teardown,
+    as mypy's does. Freeing every object of aiohttp, click and the rest one by one took
+    about 35 ms at each exit, 1% of a 20,000-request run; by then everything a command
+    writes is closed, synced and unlocked, so only stdout and stderr are left to flush.
+    An error that is not a SystemExit takes Python's usual way out (its traceback)."""
+    try:
+        main()
+        status = 0
+    except SystemExit as exc:
+        status = _exit_status(exc.code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # e.g. stdout a pipe closed early: Python's own exit says 120
+        status = status or 120
+    os._exit(status)
+
+
+def _exit_status(code: object) -> int:
+    """What Python's exit makes of SystemExit(code)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
