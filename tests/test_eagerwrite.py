@@ -16,6 +16,7 @@ from batchib.eagerwrite import (
     eager_writes,
     start_eagerly,
     task_factory,
+    thread_usage,
 )
 
 # A little over a window, so that float rounding cannot leave a window unfinished.
@@ -26,14 +27,18 @@ class Clocks:
     def __init__(self) -> None:
         self.wall = 100.0
         self.cpu = 5.0
+        self.waiting = 1.0  # for a CPU
 
-    def spend(self, wall_s: float, busy: float) -> None:
+    def spend(self, wall_s: float, busy: float, starved: float = 0.0) -> None:
+        """`wall_s` seconds: a `starved` share waiting for a CPU, a `busy` share of the
+        rest on one."""
         self.wall += wall_s
-        self.cpu += wall_s * busy
+        self.waiting += wall_s * starved
+        self.cpu += wall_s * (1 - starved) * busy
 
 
 def spare_time(clocks: Clocks) -> SpareTime:
-    return SpareTime(clock=lambda: clocks.wall, cpu_clock=lambda: clocks.cpu)
+    return SpareTime(clock=lambda: clocks.wall, usage=lambda: (clocks.cpu, clocks.waiting))
 
 
 def test_writes_start_deferred_then_go_eager_once_the_loop_has_time_to_spare() -> None:
@@ -66,6 +71,27 @@ def test_utilisation_is_judged_over_a_whole_window_not_each_call() -> None:
     clocks.spend(WINDOW / 2, 1.0)  # the whole window: 50% busy
     spare.update()
     assert spare.eager
+
+
+def test_a_loop_starved_of_cpu_is_busy_not_idle() -> None:
+    # On a crowded machine a saturated loop spends much of its time waiting for a CPU:
+    # that is not time to spare, and eager writes would only cost it more.
+    clocks = Clocks()
+    spare = spare_time(clocks)
+    clocks.spend(WINDOW, 1.0, starved=0.5)
+    spare.update()
+    assert not spare.eager
+    clocks.spend(WINDOW, 0.5, starved=0.5)  # idle half the time it could run
+    spare.update()
+    assert spare.eager
+
+
+def test_the_thread_usage_of_this_thread_grows_as_it_works() -> None:
+    before = thread_usage()
+    sum(range(2_000_000))
+    after = thread_usage()
+    assert after[0] > before[0]
+    assert after[1] >= before[1] >= 0
 
 
 async def two_waits(first: asyncio.Future[int], second: asyncio.Future[int]) -> int:
