@@ -439,6 +439,15 @@ class CannedServer:
         raise SystemExit(f"the canned server at {self.url} did not report its answers")
 
 
+def paired_ratio(runs: list[Run], baselines: list[Run], figure: str) -> float:
+    """The median over rounds of run / baseline for `figure` (runs of the same round)."""
+    ratios = [
+        getattr(run, figure) / getattr(baseline, figure)
+        for run, baseline in zip(runs, baselines, strict=True)
+    ]
+    return round(statistics.median(ratios), 3)
+
+
 def median_run(runs: list[Run]) -> Run:
     """The median run by req/s (the lower middle one for an even count)."""
     ordered = sorted(runs, key=lambda run: run.requests_per_s)
@@ -493,8 +502,19 @@ def throughput_cell(
         "concurrency": concurrency,
         "requests": requests,
         "median": {client: asdict(run) for client, run in median.items()},
-        # client / floor: req/s (above 1 is faster) and CPU ms per request (above 1 costs more)
+        # client / floor: req/s (above 1 is faster) and CPU ms per request (above 1 costs
+        # more). Paired: the median over rounds of each round's ratio, the two runs minutes
+        # apart at most, so a slow spell of the machine that spans a round cancels out.
         "vs_floor": {
+            client: {
+                figure: paired_ratio(client_runs, runs["floor"], figure)
+                for figure in ("requests_per_s", "cpu_ms_per_request")
+            }
+            for client, client_runs in runs.items()
+            if client not in ("floor", "sdk")
+        },
+        # The same as a ratio of the medians, for comparison.
+        "vs_floor_of_medians": {
             client: {
                 "requests_per_s": round(run.requests_per_s / floor.requests_per_s, 3),
                 "cpu_ms_per_request": round(run.cpu_ms_per_request / floor.cpu_ms_per_request, 3),
@@ -670,6 +690,9 @@ def profile(url: str, source: Path, requests: int, workdir: Path) -> dict[str, A
     command = [
         str(py_spy),
         "record",
+        # Not paused to take each sample: a paused loop thread neither runs nor waits for
+        # a CPU, so batchib would count the pauses as time to spare (batchib.eagerwrite).
+        "--nonblocking",
         "-r",
         "500",
         "-f",
@@ -686,8 +709,8 @@ def profile(url: str, source: Path, requests: int, workdir: Path) -> dict[str, A
     check_batchib_output(output, requests, label)
     remove_outputs(output)
     header = (
-        f"py-spy record -r 500 of `batchib run` ({requests:,} requests, instant canned "
-        f"server, -c 64), {time.strftime('%Y-%m-%d')}, commit {git_commit()}; "
+        f"py-spy record --nonblocking -r 500 of `batchib run` ({requests:,} requests, "
+        f"instant canned server, -c 64), {time.strftime('%Y-%m-%d')}, commit {git_commit()}; "
         f"{measured.wall_s:.2f} s wall under the profiler.\n"
         "self % = samples with the function on top; total % = samples with it anywhere on "
         "the stack. Line numbers dropped. Idle time (the event loop waiting) is not sampled. "
@@ -784,7 +807,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{settings['requests']:,} requests per run; {runs}"
         f"{', one SDK run' if settings['sdk'] else ' (SDK skipped)'}; req/s over the whole "
         "process (start-up and exit included); served req/s at the server, from the first "
-        "answer to the last (neither); CPU and peak RSS the client process's own. "
+        "answer to the last (neither); CPU and peak RSS the client process's own; vs floor: "
+        "the median of each round's ratio (the runs of a round are back to back). "
         f"batchib's event loop (from its summary): {', '.join(loops)}; the floor and the "
         "SDK run on asyncio's.",
         "",
