@@ -68,7 +68,7 @@ class SpareTime:
     least WINDOW_S, judged with hysteresis.
 
     It starts with no (aiohttp's default, deferred writes): a run starts busy, and
-    starting eager measured 4% slower against an instant server even though the first
+    starting eager measured 3-4% slower against an instant server even though the first
     window switched it off. Against a 20 ms server the first window switches it on.
     """
 
