@@ -152,11 +152,11 @@ def console_main() -> NoReturn:
         status = 0
     except SystemExit as exc:
         status = _exit_status(exc.code)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except OSError:  # e.g. stdout a pipe closed early: Python's own exit says 120
-        status = status or 120
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # a closed pipe or stream, or none
+            status = status or 120  # what Python's own exit says then
     os._exit(status)
 
 

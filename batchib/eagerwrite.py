@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import sys
 import time
 import types
+import weakref
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from typing import Any
 
@@ -107,67 +110,116 @@ class SpareTime:
 TaskFactory = Callable[..., "asyncio.Future[Any]"]
 
 
-def task_factory(spare: SpareTime, before_write: Callable[[], None]) -> TaskFactory:
-    """A loop task factory that starts aiohttp's body writes eagerly while
-    ``spare.eager``, calling ``before_write`` first; every other task as usual."""
+def task_factory(eager: Callable[[], bool], before_write: Callable[[], bool]) -> TaskFactory:
+    """A loop task factory that starts aiohttp's body writes eagerly while ``eager()``,
+    once ``before_write()`` has said yes (it records what it must first); every other
+    task as usual."""
 
     def create(
         loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
     ) -> asyncio.Future[Any]:
-        if spare.eager and getattr(coro, "cr_code", None) is WRITE_BYTES_CODE:
-            before_write()
+        if getattr(coro, "cr_code", None) is WRITE_BYTES_CODE and eager() and before_write():
             return start_eagerly(loop, coro, **kwargs)
         return asyncio.Task(coro, loop=loop, **kwargs)
 
     return create
 
 
+class _LoopWrites:
+    """The runs going on one loop, and the one task factory they share: a body written
+    eagerly leaves once every run on the loop has recorded the answers it holds, and
+    only while every run's loop thread has time to spare (they share the thread)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.runs: list[tuple[SpareTime, Callable[[], bool]]] = []
+        self.factory = task_factory(self.eager, self.before_write)
+
+    def eager(self) -> bool:
+        return bool(self.runs) and all(spare.eager for spare, _ in self.runs)
+
+    def before_write(self) -> bool:
+        # Every run records, even after one has failed: then the write is not eager.
+        return all([record() for _, record in list(self.runs)])
+
+    def switch(self, _: bool = False) -> None:
+        """The factory on the loop exactly while eager (unless someone else's is)."""
+        if self.loop.get_task_factory() in (None, self.factory):
+            self.loop.set_task_factory(self.factory if self.eager() else None)
+
+
+_LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWrites] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 @contextlib.contextmanager
-def eager_writes(spare: SpareTime, before_write: Callable[[], None]) -> Iterator[None]:
-    """:func:`task_factory` on the running loop whenever ``spare.eager``, for the
-    duration; only where it is needed (Python 3.11) and the loop has no task factory of
-    its own. Off, the loop creates tasks in C: the factory, a Python call for every
+def eager_writes(spare: SpareTime, before_write: Callable[[], bool]) -> Iterator[None]:
+    """Eager body writes on the running loop for the duration, whenever ``spare.eager``;
+    ``before_write()`` records the run's settled answers and says whether the write may
+    go eagerly. Only where it is needed (Python 3.11) and the loop has no task factory
+    of its own. Off, the loop creates tasks in C: the factory, a Python call for every
     task, measured 0.6% of a run's CPU against an instant server."""
     loop = asyncio.get_running_loop()
-    if not NEEDED or loop.get_task_factory() is not None:
+    writes = _LOOPS.get(loop)
+    if not NEEDED or (writes is None and loop.get_task_factory() is not None):
         yield
         return
-    factory = task_factory(spare, before_write)
-
-    def switch(eager: bool) -> None:
-        if loop.get_task_factory() in (None, factory):
-            loop.set_task_factory(factory if eager else None)
-
-    spare.on_change = switch
-    switch(spare.eager)
+    if writes is None:
+        writes = _LOOPS[loop] = _LoopWrites(loop)
+    run = (spare, before_write)
+    writes.runs.append(run)
+    spare.on_change = writes.switch
+    writes.switch()
     try:
         yield
     finally:
         spare.on_change = None
-        if loop.get_task_factory() is factory:
-            loop.set_task_factory(None)
+        writes.runs.remove(run)
+        writes.switch()
+        if not writes.runs:
+            del _LOOPS[loop]
 
 
 def start_eagerly(
     loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
 ) -> asyncio.Future[Any]:
-    """Run `coro`'s first step now. Finished: a done future with its outcome. Waiting on
-    something: a task that goes on from there (Python 3.12's eager_start, by hand)."""
+    """Run `coro`'s first step now, in its own copy of the context. Finished: a done
+    future with its outcome. Waiting on something: a task that goes on from there
+    (Python 3.12's eager_start, by hand; unlike it, the creating task stays the current
+    task during that step, which aiohttp's body writer does not look at)."""
+    context = kwargs.pop("context", None) or contextvars.copy_context()
     try:
-        waiting_on = coro.send(None)
+        waiting_on = context.run(coro.send, None)
     except StopIteration as stop:
         done: asyncio.Future[Any] = loop.create_future()
         done.set_result(stop.value)
         return done
+    except asyncio.CancelledError:
+        cancelled: asyncio.Future[Any] = loop.create_future()
+        cancelled.cancel()
+        return cancelled
     except Exception as exc:  # handed on in the future, as a task would
         failed: asyncio.Future[Any] = loop.create_future()
         failed.set_exception(exc)
         return failed
-    task = asyncio.Task(_resume(coro, waiting_on), loop=loop, **kwargs)
-    # Cancelled before its first step, the task never runs _resume: closing the
-    # coroutine still runs its clean-up (aiohttp closes the connection).
-    task.add_done_callback(lambda _: coro.close())
+    task = asyncio.Task(_resume(coro, waiting_on), loop=loop, context=context, **kwargs)
+    task.add_done_callback(functools.partial(_end, coro))
     return task
+
+
+def _end(coro: Coroutine[Any, Any, Any], task: asyncio.Future[Any]) -> None:
+    """A task cancelled before its first step never ran _resume: the coroutine is still
+    where its first step left it. It gets the cancellation there, as it would have, so
+    its clean-up runs (aiohttp closes the connection)."""
+    if getattr(coro, "cr_frame", None) is None:  # finished, the usual case
+        return
+    try:
+        coro.throw(asyncio.CancelledError())
+    except (asyncio.CancelledError, StopIteration):
+        pass
+    finally:
+        coro.close()
 
 
 @types.coroutine

@@ -3,9 +3,10 @@
 Memory follows the concurrency, never the input: a thread reads a block of raw lines at
 a time (see :mod:`batchib.source`), the producer parses it on the loop a slice at a time
 and waits for room in the bounded queue (:mod:`batchib.workqueue`) between slices; each
-worker holds one request; results are written at the end of the loop
-iteration in which they are known. The policy that admits a request (rate limits) and
-the one that judges an answer (the client's verdict) live elsewhere.
+worker holds one request; results are written at the end of the loop iteration in which
+they are known (or before a body leaves at once, see :mod:`batchib.eagerwrite`). The
+policy that admits a request (rate limits) and the one that judges an answer (the
+client's verdict) live elsewhere.
 """
 
 from __future__ import annotations
@@ -255,14 +256,17 @@ class _Pipeline:
                 asyncio.get_running_loop().call_soon(self.settle_pending)
             self.unsettled.append((seq, sent))
 
-    def settle_pending(self) -> None:
+    def settle_pending(self) -> bool:
         """:meth:`settle_batch` for callers that cannot raise (a loop callback, the task
-        factory of :mod:`batchib.eagerwrite`): an error ends the run instead."""
+        factory of :mod:`batchib.eagerwrite`): an error ends the run instead. True when
+        everything settled so far is recorded (so a body may leave at once)."""
         try:
             self.settle_batch()
         except Exception as exc:  # an unwritable output, or a bug: either ends the run
             if self.settle_failed is not None and not self.settle_failed.done():
                 self.settle_failed.set_exception(exc)
+            return False
+        return self.settle_failed is None or not self.settle_failed.done()
 
     def settle_batch(self) -> None:
         """Count and record every request settled in this loop iteration.
@@ -298,7 +302,8 @@ class _Pipeline:
         # socket: a kill -9 then re-sends only what was in flight, never what was answered.
         self.order.flush()
         self.on_progress(stats)
-        self.spare.update()
+        if not BODY_WRITTEN_AT_ONCE:  # where aiohttp writes eagerly itself, no need
+            self.spare.update()
 
     async def send(self, request: Request) -> _Sent | None:
         """Every attempt of one request; the last one decides its record. None when the

@@ -491,7 +491,8 @@ def throughput_cell(
             label,
             f"the server answered {served['answered']} requests, expected {requests}",
         )
-        run.served_per_s = round((requests - 1) / (served["last_s"] - served["first_s"]), 1)
+        span_s = served["last_s"] - served["first_s"]
+        run.served_per_s = round((requests - 1) / span_s, 1) if span_s > 0 else None
         runs[client].append(run)
         print(f"  {label:48} {run.line()}", flush=True)
     median = {client: median_run(client_runs) for client, client_runs in runs.items()}

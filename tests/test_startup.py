@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,14 +45,36 @@ def test_the_command_exits_without_teardown_yet_with_all_its_output_and_status()
 
     listing = batchib("estimate", "--help")
     assert listing.returncode == 0
-    assert listing.stdout.rstrip().splitlines()[-1].strip()  # the help's last line too
+    assert listing.stdout.rstrip().endswith("Show this message and exit.")  # its last line
 
     usage = batchib("run", "--no-such-option")
     assert usage.returncode == 2
     assert "No such option '--no-such-option'" in usage.stderr
 
 
-def test_a_long_report_on_a_pipe_arrives_whole(tmp_path: Path) -> None:
+def test_output_longer_than_a_pipe_holds_arrives_whole() -> None:
+    # console_main ends with os._exit, which flushes nothing itself: 1 MB on stdout, a
+    # line at a time (far more than a pipe holds, its tail still in Python's buffer at
+    # the end), must arrive whole.
+    probe = (
+        "import sys\n"
+        "from batchib import cli\n"
+        "def fake_main():\n"
+        "    for _ in range(1000):\n"
+        "        sys.stdout.write('x' * 999 + '\\n')\n"
+        "    raise SystemExit(3)\n"
+        "cli.main = fake_main\n"
+        "cli.console_main()\n"
+    )
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    completed = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=buffered
+    )
+    assert completed.returncode == 3
+    assert len(completed.stdout) == 1000 * 1000  # not a whole number of 8 KiB buffers
+
+
+def test_a_report_through_the_real_command_arrives_whole(tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text("".join(f'{{"id": "r{i}", "prompt": "question {i}"}}\n' for i in range(3000)))
     completed = batchib("estimate", str(source), "--model", "gpt-5.4-mini", "--json")
