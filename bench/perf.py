@@ -325,6 +325,36 @@ def run_batchib(
     return Run.of("batchib" if loop is None else f"batchib-{loop}", requests, measured, ran_on)
 
 
+def run_script(
+    client: str,
+    script: str,
+    target: tuple[Path, Path, str, int, int, str],
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    rss_reported: bool = True,
+) -> Run:
+    """One of the bench's own clients (bench/SCRIPT INPUT OUTPUT URL MODEL C [EXTRA]),
+    which print their totals: measured, its output and totals checked.
+    `target`: (input, output, URL, concurrency, requests, label)."""
+    source, output, url, concurrency, requests, label = target
+    command = [
+        sys.executable,
+        str(BENCH / script),
+        str(source),
+        str(output),
+        url,
+        MODEL,
+        str(concurrency),
+        *extra_args,
+    ]
+    measured = measured_ok(
+        command, env or clean_env(), label, timeout_for(requests), rss_reported=rss_reported
+    )
+    check_printed_totals(output, measured, requests, label)
+    remove_outputs(output)
+    return Run.of(client, requests, measured, rss_reported=rss_reported)
+
+
 def run_floor(
     source: Path,
     output: Path,
@@ -335,62 +365,40 @@ def run_floor(
     loop: str | None = None,
 ) -> Run:
     """The bare aiohttp loop on asyncio's loop, or on uvloop's with `loop="uvloop"`."""
-    command = [
-        sys.executable,
-        str(BENCH / "floor_client.py"),
-        str(source),
-        str(output),
-        url,
-        MODEL,
-        str(concurrency),
-        *([loop] if loop else []),
-    ]
-    measured = measured_ok(command, clean_env(), label, timeout_for(requests))
-    check_printed_totals(output, measured, requests, label)
-    remove_outputs(output)
-    return Run.of("floor" if loop is None else f"floor-{loop}", requests, measured)
+    return run_script(
+        "floor" if loop is None else f"floor-{loop}",
+        "floor_client.py",
+        (source, output, url, concurrency, requests, label),
+        (loop,) if loop else (),
+    )
 
 
 def run_sdk(
     source: Path, output: Path, url: str, concurrency: int, requests: int, label: str
 ) -> Run:
-    command = [
-        sys.executable,
-        str(BENCH / "sdk_client.py"),
-        str(source),
-        str(output),
-        url,
-        MODEL,
-        str(concurrency),
-        str(SDK_TIMEOUT_S),
-    ]
     env = clean_env(OPENAI_API_KEY=KEY)
     env.pop("OPENAI_BASE_URL", None)
-    measured = measured_ok(command, env, label, timeout_for(requests))
-    check_printed_totals(output, measured, requests, label)
-    remove_outputs(output)
-    return Run.of("sdk", requests, measured)
+    return run_script(
+        "sdk",
+        "sdk_client.py",
+        (source, output, url, concurrency, requests, label),
+        (str(SDK_TIMEOUT_S),),
+        env,
+    )
 
 
 def run_wire(
     source: Path, output: Path, url: str, concurrency: int, requests: int, label: str
 ) -> Run:
-    """No HTTP library: bare asyncio protocols on uvloop, a reference for the ceiling."""
-    command = [
-        sys.executable,
-        str(BENCH / "wire_client.py"),
-        str(source),
-        str(output),
-        url,
-        MODEL,
-        str(concurrency),
-    ]
-    # Smaller than this bench's own process: its peak RSS cannot be told from the one a
-    # forked child inherits, so none is reported.
-    measured = measured_ok(command, clean_env(), label, timeout_for(requests), rss_reported=False)
-    check_printed_totals(output, measured, requests, label)
-    remove_outputs(output)
-    return Run.of("wire", requests, measured, rss_reported=False)
+    """No HTTP library: bare asyncio protocols on uvloop, a reference for the ceiling.
+    Smaller than this bench's own process: its peak RSS cannot be told from the one a
+    forked child inherits, so none is reported."""
+    return run_script(
+        "wire",
+        "wire_client.py",
+        (source, output, url, concurrency, requests, label),
+        rss_reported=False,
+    )
 
 
 CLIENTS = {
