@@ -1,8 +1,8 @@
 """Request and token limits, enforced before a request leaves.
 
-Two leaky buckets (aiolimiter) hold a tenth of a second's worth of their rate, not a
-minute's: `AsyncLimiter(rpm, 60)` would let a whole minute through at once, and
-providers meter on shorter windows than they advertise. The rates come from
+Two leaky buckets (:mod:`batchib.bucket`, aiolimiter's) hold a tenth of a second's worth
+of their rate, not a minute's: `AsyncLimiter(rpm, 60)` would let a whole minute through
+at once, and providers meter on shorter windows than they advertise. The rates come from
 :mod:`batchib.adaptive` — configured, discovered from headers, or learnt from 429s —
 and change while the run goes. The gateway's `x-ratelimit-remaining-*` headers hold
 admission back when its bucket is nearly empty, before it starts refusing.
@@ -15,63 +15,20 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from aiolimiter import AsyncLimiter
+from typing import TYPE_CHECKING, Any
 
 from batchib.adaptive import AdaptiveRate
 from batchib.client import Reply, Verdict
 from batchib.ratelimit_headers import Bucket
 
-BURST_S = 0.1
+if TYPE_CHECKING:
+    from batchib.bucket import SmoothBucket
+
+# Admission holds when the gateway's bucket has less than this long's worth left.
+HOLD_MARGIN_S = 0.1
 # With limits unknown, the first request goes alone so that its answer's headers (if
 # any) set the rate before the rest go; this long at most.
 PROBE_TIMEOUT_S = 2.0
-
-
-class SmoothBucket(AsyncLimiter):
-    """aiolimiter's leaky bucket holding BURST_S of its rate, whose rate can change
-    while waiters wait, and whose level can be corrected after the fact.
-
-    It reaches into AsyncLimiter's private state (`_level`, `_rate_per_sec`, `_leak`,
-    `_wake_next`); pyproject pins aiolimiter to the versions this was tested with.
-    """
-
-    def __init__(self, per_second: float) -> None:
-        capacity = max(1.0, per_second * BURST_S)
-        super().__init__(capacity, capacity / per_second)
-        # The largest piece ever asked for: a waiter already woken (off the heap, not
-        # yet resumed) must still fit after a rate cut.
-        self._largest_piece = 0.0
-
-    @property
-    def per_second(self) -> float:
-        return self._rate_per_sec
-
-    def set_rate(self, per_second: float) -> None:
-        self._leak()
-        # Never shrink below a piece someone already waits for: it could never fit.
-        capacity = max(1.0, per_second * BURST_S, self._largest_piece)
-        self.max_rate = capacity
-        self.time_period = capacity / per_second
-        self._rate_per_sec = per_second
-        self._wake_next()
-
-    def correct(self, amount: float) -> None:
-        """Charge `amount` more (or give back, if negative) than was acquired."""
-        self._leak()
-        self._level = max(0.0, self._level + amount)
-        self._wake_next()
-
-    async def take(self, amount: float) -> None:
-        """Acquire any amount: more than the bucket holds is taken piece by piece, so
-        it waits as long as its size demands without ever bursting."""
-        remaining = amount
-        while remaining > 0:
-            piece = min(remaining, self.max_rate)
-            self._largest_piece = max(self._largest_piece, piece)
-            await self.acquire(piece)
-            remaining -= piece
 
 
 # Not frozen: a frozen dataclass's __init__ costs twice as much (object.__setattr__
@@ -82,6 +39,15 @@ class Ticket:
 
     seq: int
     tokens: int
+
+
+def _bucket(per_second: float) -> SmoothBucket:
+    """A bucket for a known rate. aiolimiter is imported only then: a run with no limit
+    configured, announced or learnt never needs it (6 ms of start-up under -X
+    importtime, most of it aiolimiter reading its own version via importlib.metadata)."""
+    from batchib.bucket import SmoothBucket
+
+    return SmoothBucket(per_second)
 
 
 class _Dimension:
@@ -96,14 +62,14 @@ class _Dimension:
         self.configured = configured_per_minute is not None
         per_s = configured_per_minute / 60 if configured_per_minute else None
         self.rate = AdaptiveRate(per_s, clock, min_rate_per_s=min_per_minute / 60)
-        self.bucket: SmoothBucket | None = SmoothBucket(per_s) if per_s else None
+        self.bucket: SmoothBucket | None = _bucket(per_s) if per_s else None
 
     def apply_rate(self) -> None:
         per_s = self.rate.rate_per_s
         if per_s is None:
             self.bucket = None
         elif self.bucket is None:
-            self.bucket = SmoothBucket(per_s)
+            self.bucket = _bucket(per_s)
         elif self.bucket.per_second != per_s:
             self.bucket.set_rate(per_s)
 
@@ -223,7 +189,7 @@ class Limits:
         remaining, reset_s = bucket.remaining, bucket.reset_s
         if remaining is None or reset_s is None:
             return
-        margin = max(cost, limit / 60 * BURST_S)
+        margin = max(cost, limit / 60 * HOLD_MARGIN_S)
         if remaining >= margin:
             return
         refill_per_s = (limit - remaining) / reset_s if reset_s > 0 else limit / 60

@@ -16,8 +16,9 @@ import pytest
 from aiolimiter import AsyncLimiter
 
 import batchib.limits
+from batchib.bucket import SmoothBucket
 from batchib.client import Reply, Verdict
-from batchib.limits import Limits, SmoothBucket, Ticket
+from batchib.limits import Limits, Ticket
 from batchib.ratelimit_headers import Bucket, RateLimitHeaders
 from batchib.tokens import max_completion_tokens
 

@@ -80,3 +80,21 @@ def test_a_report_through_the_real_command_arrives_whole(tmp_path: Path) -> None
     completed = batchib("estimate", str(source), "--model", "gpt-5.4-mini", "--json")
     assert completed.returncode == 0, completed.stderr
     assert orjson.loads(completed.stdout)["total"]["requests"] == 3000
+
+
+LIMITS_PROBE = """
+import sys
+import batchib.cli, batchib.job, batchib.runner
+from batchib.limits import Limits
+Limits(None, None)
+print("aiolimiter" in sys.modules)
+Limits(600, None)
+print("aiolimiter" in sys.modules)
+"""
+
+
+def test_aiolimiter_is_imported_only_once_a_rate_is_known() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", LIMITS_PROBE], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.split() == ["False", "True"]
