@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -32,6 +31,7 @@ from batchib.control import (
     RunControl,
     Stop,
 )
+from batchib.eagerwrite import NEEDED as EAGER_WRITES_NEEDED
 from batchib.eagerwrite import SpareTime, eager_writes
 from batchib.errors import BatchibError, InputError
 from batchib.inputs import InvalidLine, Request
@@ -51,8 +51,9 @@ from batchib.usage import RunStats
 from batchib.workqueue import WorkQueue
 
 # From Python 3.12 aiohttp starts the task that writes a request's body eagerly, so the
-# body leaves inside session.post(); on 3.11 it leaves in the next loop iteration.
-BODY_WRITTEN_AT_ONCE = sys.version_info >= (3, 12)
+# body leaves inside session.post(); on 3.11 it leaves in the next loop iteration unless
+# batchib.eagerwrite takes it at once.
+BODY_WRITTEN_AT_ONCE = not EAGER_WRITES_NEEDED
 
 Item = Request | InvalidLine
 Queue = WorkQueue[tuple[int, Request] | None]

@@ -2,10 +2,11 @@
 
 asyncio.Queue(maxsize) would bound it too, but once full it wakes the producer for every
 request a worker takes: one task switch and one future per request, measured at about
-1.5% of a run's CPU against an instant server. Here the producer adds a parsed slice
-without waiting and then waits once, until the workers have taken the queue down to
-half its bound: one wake-up per slice. Memory stays bounded: fewer than ``bound``
-entries plus the slice being added (and, at the end, one end marker per worker).
+1.3% of a run's CPU against an instant server (0.1481 against 0.1462 ms a request).
+Here the producer adds a parsed slice without waiting and then waits once, until the
+workers have taken the queue down to half its bound: one wake-up per slice. Memory stays
+bounded: fewer than ``bound`` entries plus the slice being added (and, at the end, one
+end marker per worker).
 """
 
 from __future__ import annotations
