@@ -488,6 +488,7 @@ def throughput_cell(
         one_round.append("wire")
     order = one_round * repeats + (["sdk"] if with_sdk else [])
     runs: dict[str, list[Run]] = {client: [] for client in dict.fromkeys(order)}
+    held_ms: list[dict[str, float]] = []  # per run, how long the server held late replies
     for client in order:
         label = f"{client} ({cell}, run {len(runs[client]) + 1})"
         output = workdir / f"out-{client}.jsonl"
@@ -501,6 +502,15 @@ def throughput_cell(
         )
         span_s = served["last_s"] - served["first_s"]
         run.served_per_s = round((requests - 1) / span_s, 1) if span_s > 0 else None
+        if latency_ms:
+            held = served["held_ms"]
+            # A reply sent early would let any client beat the ceiling.
+            check(
+                held["min"] >= latency_ms,
+                label,
+                f"the server held a reply {held['min']} ms, less than its {latency_ms} ms",
+            )
+            held_ms.append(held)
         runs[client].append(run)
         print(f"  {label:48} {run.line()}", flush=True)
     median = {client: median_run(client_runs) for client, client_runs in runs.items()}
@@ -551,6 +561,11 @@ def throughput_cell(
             client: round(run.served_per_s / ceiling, 3)
             for client, run in median.items()
             if run.served_per_s is not None
+        }
+        result["server_held_ms"] = {
+            "min": min(held["min"] for held in held_ms),
+            "mean": round(statistics.mean(held["mean"] for held in held_ms), 3),
+            "max": max(held["max"] for held in held_ms),
         }
     return result
 
@@ -802,6 +817,12 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{run['cpu_ms_per_request']:.3f} | "
                 f"{rss_text(run['peak_rss_mb'])} | {vs_floor} | {vs_sdk} | {of_ceiling} |"
             )
+    held = [
+        f"{cell['server']}, c={cell['concurrency']}: {h['min']:.3f}-{h['max']:.1f} ms "
+        f"(mean {h['mean']:.3f})"
+        for cell in results["throughput"]
+        if (h := cell.get("server_held_ms"))
+    ]
     settings = results["settings"]
     runs = f"the median run by req/s of {settings['repeats']} for batchib and the floor"
     loops = sorted(
@@ -823,6 +844,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *rows,
     ]
+    if held:
+        out += ["", f"The late server held each reply (every run): {'; '.join(held)}."]
     mem = results.get("memory")
     if mem and mem["runs"]:
         out += [
