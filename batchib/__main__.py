@@ -1,6 +1,6 @@
 """`python -m batchib` runs the command-line interface."""
 
-from batchib.cli import console_main
+from batchib.launch import main
 
 if __name__ == "__main__":
-    console_main()
+    main()

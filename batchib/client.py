@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from batchib.cacerts import wait_until_loaded
 from batchib.config import RunSettings
 from batchib.ratelimit_headers import RateLimitHeaders, parse_rate_headers
 from batchib.retry import MAX_RETRY_AFTER_S, retry_after_s
@@ -189,6 +190,7 @@ class GatewayClient:
 @asynccontextmanager
 async def open_client(settings: RunSettings) -> AsyncIterator[GatewayClient]:
     """A client with one session whose connection pool fits the concurrency."""
+    wait_until_loaded()  # aiohttp's CA certificates, if batchib.cacerts deferred them
     connector = aiohttp.TCPConnector(
         limit=settings.concurrency, limit_per_host=0, ttl_dns_cache=300
     )
