@@ -7,11 +7,16 @@ Here the producer adds a parsed slice without waiting and then waits once, until
 workers have taken the queue down to half its bound: one wake-up per slice. Memory stays
 bounded: fewer than ``bound`` entries plus the slice being added (and, at the end, one
 end marker per worker).
+
+A deque and futures of its own rather than an unbounded asyncio.Queue underneath: a
+worker that finds an entry takes it with no method calls beyond the deque's, and a
+future is made only for a worker that has to wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -24,26 +29,53 @@ class WorkQueue(Generic[T]):
     def __init__(self, bound: int) -> None:
         if bound < 1:
             raise ValueError(f"bound must be at least 1, not {bound}")
-        self._entries: asyncio.Queue[T] = asyncio.Queue()  # unbounded: bound kept here
+        self._entries: deque[T] = deque()
         self._bound = bound
         self._low = bound // 2
-        self._room = asyncio.Event()
+        self._getters: deque[asyncio.Future[None]] = deque()  # workers waiting, in order
+        self._room: asyncio.Future[None] | None = None  # the producer, while it waits
 
     def put(self, entry: T) -> None:
-        self._entries.put_nowait(entry)
+        self._entries.append(entry)
+        if self._getters:
+            self._wake_getter()
+
+    def _wake_getter(self) -> None:
+        while self._getters:
+            getter = self._getters.popleft()
+            if not getter.done():
+                getter.set_result(None)
+                return
 
     async def wait_for_room(self) -> None:
         """Return at once below the bound; else once the workers have taken the queue
         down to half of it."""
-        while self._entries.qsize() >= self._bound:
-            self._room.clear()
-            await self._room.wait()
+        while len(self._entries) >= self._bound:
+            self._room = asyncio.get_running_loop().create_future()
+            try:
+                await self._room
+            finally:
+                self._room = None
 
     async def get(self) -> T:
-        entry = await self._entries.get()
-        if self._entries.qsize() <= self._low:
-            self._room.set()
+        entries = self._entries
+        while not entries:
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                if getter in self._getters:
+                    self._getters.remove(getter)
+                elif entries and not getter.cancelled():
+                    self._wake_getter()  # woken, then cancelled: the wake-up goes on
+                raise
+        entry = entries.popleft()
+        room = self._room
+        if room is not None and len(entries) <= self._low and not room.done():
+            room.set_result(None)
         return entry
 
     def qsize(self) -> int:
-        return self._entries.qsize()
+        return len(self._entries)

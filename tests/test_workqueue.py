@@ -62,3 +62,31 @@ def test_a_worker_waiting_on_an_empty_queue_gets_the_next_entry() -> None:
 def test_a_bound_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         WorkQueue(0)
+
+
+def test_a_worker_cancelled_after_its_wake_up_passes_the_entry_on() -> None:
+    async def go() -> str:
+        queue: WorkQueue[str] = WorkQueue(2)
+        first = asyncio.create_task(queue.get())
+        second = asyncio.create_task(queue.get())
+        await asyncio.sleep(0)  # both wait
+        queue.put("only")  # wakes the first...
+        first.cancel()  # ...which is cancelled before it runs
+        await asyncio.gather(first, return_exceptions=True)
+        return await asyncio.wait_for(second, timeout=1)
+
+    assert asyncio.run(go()) == "only"
+
+
+def test_a_cancelled_waiting_worker_leaves_no_trace() -> None:
+    async def go() -> list[str]:
+        queue: WorkQueue[str] = WorkQueue(2)
+        gone = asyncio.create_task(queue.get())
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+        queue.put("a")
+        queue.put("b")
+        return [await asyncio.wait_for(queue.get(), timeout=1) for _ in range(2)]
+
+    assert asyncio.run(go()) == ["a", "b"]
