@@ -35,6 +35,10 @@ class CompletionOrder:
         self._seq = itertools.count()
         self.window_full = 0
 
+    def admit_now(self) -> int | None:
+        """The next line's number (never None: nothing bounds completion order)."""
+        return next(self._seq)
+
     async def admit(self) -> int:
         return next(self._seq)
 
@@ -55,17 +59,26 @@ class InputOrder:
     def __init__(self, sink: RecordSink, window: int) -> None:
         self._sink = sink
         self._window = window
-        self._seq = itertools.count()
+        self._issued = 0  # the next line's number
         self._next = 0  # the first line whose record is not written yet
         self._pending: dict[int, dict[str, Any] | None] = {}
         self._advanced = asyncio.Event()
         self.window_full = 0
 
-    async def admit(self) -> int:
-        seq = next(self._seq)
+    def admit_now(self) -> int | None:
+        """The next line's number, or None while the window is full (:meth:`admit`
+        waits for room)."""
+        seq = self._issued
         if seq >= self._next + self._window:
+            return None
+        self._issued += 1
+        return seq
+
+    async def admit(self) -> int:
+        seq = self.admit_now()
+        if seq is None:
             self.window_full += 1
-            while seq >= self._next + self._window:
+            while (seq := self.admit_now()) is None:
                 self._advanced.clear()
                 await self._advanced.wait()
         return seq

@@ -219,7 +219,11 @@ class _Pipeline:
                 for item in source.parse(block[start : start + PARSE_BATCH]):
                     if self.control.stopping:
                         break
-                    await self.admit(item, queue)
+                    # No coroutine unless the input-order window is full.
+                    seq = self.order.admit_now()
+                    if seq is None:
+                        seq = await self.order.admit()
+                    self.admit(seq, item, queue)
                 if self.control.stopping:
                     break
                 await queue.wait_for_room()
@@ -228,9 +232,8 @@ class _Pipeline:
         for _ in range(self.settings.concurrency):
             queue.put(None)
 
-    async def admit(self, item: Item, queue: Queue) -> None:
+    def admit(self, seq: int, item: Item, queue: Queue) -> None:
         self.stats.read += 1
-        seq = await self.order.admit()
         if isinstance(item, InvalidLine):
             self.order.done(seq, invalid_record(item))
             self.stats.add_invalid(item.code)
