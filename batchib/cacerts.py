@@ -6,11 +6,14 @@ machine, a fifth of `batchib run`'s start-up. OpenSSL does that work without the
 here the contexts are made without their certificates while aiohttp is imported, a thread
 then loads them into the same contexts, and the main thread goes on meanwhile (the rest
 of the imports, the job's set-up). :func:`wait_until_loaded` joins the thread before the
-first connection; until then no TLS connection can be made.
+first connection. A connection made before that would fail, not pass: a context with no
+certificates verifies nothing.
 
 Only the CLI's `run` imports aiohttp this way, before anything else in the process can use
-it; a program that imports batchib as a library imports aiohttp as usual. If aiohttp is
-already imported, or builds no context at import (a later version), nothing is deferred.
+it; a program that imports batchib as a library imports aiohttp as usual. Only contexts
+made by the importing thread are deferred: another thread making one meanwhile loads its
+certificates at once. If aiohttp is already imported, or builds no context at import
+(versions before 3.10.6 made them later, on first use), nothing is deferred.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import ssl
 import sys
 import threading
+
+from batchib.errors import ConfigError
 
 _loader: threading.Thread | None = None
 _failure: list[BaseException] = []
@@ -29,11 +34,16 @@ def import_aiohttp() -> None:
     if "aiohttp" in sys.modules:
         return
     deferred: list[ssl.SSLContext] = []
+    importer = threading.get_ident()
+    shadowed = ssl.SSLContext.__dict__.get("set_default_verify_paths")
+    load_now = ssl.SSLContext.set_default_verify_paths
 
     def defer(context: ssl.SSLContext) -> None:
-        deferred.append(context)
+        if threading.get_ident() == importer:
+            deferred.append(context)
+        else:
+            load_now(context)
 
-    shadowed = ssl.SSLContext.__dict__.get("set_default_verify_paths")
     ssl.SSLContext.set_default_verify_paths = defer  # type: ignore[method-assign,assignment]
     try:
         import aiohttp  # noqa: F401  (its contexts are made here)
@@ -42,25 +52,26 @@ def import_aiohttp() -> None:
             del ssl.SSLContext.set_default_verify_paths
         else:
             ssl.SSLContext.set_default_verify_paths = shadowed  # type: ignore[method-assign]
-    if deferred:
-        _loader = threading.Thread(
-            target=_load, args=(deferred,), name="batchib-ca-certs", daemon=True
-        )
-        _loader.start()
+        # Even when the import failed part way: contexts made before it stay usable.
+        if deferred:
+            _loader = threading.Thread(
+                target=_load, args=(deferred,), name="batchib-ca-certs", daemon=True
+            )
+            _loader.start()
 
 
 def _load(contexts: list[ssl.SSLContext]) -> None:
     try:
         for context in contexts:
             context.set_default_verify_paths()
-    except BaseException as exc:  # raised to whoever waits: aiohttp's import would have
+    except BaseException as exc:  # raised to whoever waits, as the import would have
         _failure.append(exc)
 
 
 def wait_until_loaded() -> None:
     """Return once the deferred certificates are in their contexts (at once if none
-    were deferred); raise what loading them raised."""
+    were deferred). Blocks the calling thread, as the import it stands for would have."""
     if _loader is not None:
         _loader.join()
     if _failure:
-        raise _failure[0]
+        raise ConfigError(f"cannot load the system's CA certificates: {_failure[0]}")

@@ -190,7 +190,9 @@ class GatewayClient:
 @asynccontextmanager
 async def open_client(settings: RunSettings) -> AsyncIterator[GatewayClient]:
     """A client with one session whose connection pool fits the concurrency."""
-    wait_until_loaded()  # aiohttp's CA certificates, if batchib.cacerts deferred them
+    # aiohttp's CA certificates, if batchib.cacerts deferred them: blocking, as the import
+    # it stands for would have, and by now seldom for more than a few milliseconds.
+    wait_until_loaded()
     connector = aiohttp.TCPConnector(
         limit=settings.concurrency, limit_per_host=0, ttl_dns_cache=300
     )

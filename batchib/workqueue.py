@@ -49,7 +49,8 @@ class WorkQueue(Generic[T]):
 
     async def wait_for_room(self) -> None:
         """Return at once below the bound; else once the workers have taken the queue
-        down to half of it."""
+        down to half of it. For the one producer: a second waiter is not supported."""
+        assert self._room is None, "one producer waits at a time"
         while len(self._entries) >= self._bound:
             self._room = asyncio.get_running_loop().create_future()
             try:

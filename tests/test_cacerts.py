@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from batchib import cacerts
+from batchib.errors import ConfigError
 
 # A fresh interpreter: aiohttp must not be imported yet for anything to be deferred.
 PROBE = """
@@ -40,6 +44,8 @@ def test_the_deferred_contexts_end_up_with_the_certificates_a_plain_import_loads
         [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=60
     )
     seen = orjson.loads(completed.stdout)
+    if not seen["reference"]["x509_ca"]:
+        pytest.skip("no CA file here: an empty store would match an empty store")
 
     assert seen["deferred"] and seen["aiohttp_imported"]
     assert seen["verified"] == seen["reference"]
@@ -53,23 +59,88 @@ def test_nothing_is_deferred_once_aiohttp_is_imported(monkeypatch: pytest.Monkey
     import aiohttp  # noqa: F401  (as in any program that imported it first)
 
     monkeypatch.setattr(cacerts, "_loader", None)
+    monkeypatch.setattr(cacerts, "ssl", None)  # any use of it would raise
     cacerts.import_aiohttp()
 
     assert cacerts._loader is None
     cacerts.wait_until_loaded()  # returns at once
 
 
+# Another thread making a context while aiohttp is imported loads its certificates itself.
+OTHER_THREAD = """
+import ssl, threading
+import orjson
+from batchib import cacerts
+seen = {}
+def other():
+    while "set_default_verify_paths" not in ssl.SSLContext.__dict__:
+        pass  # until the import has begun
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    seen["during_import"] = "set_default_verify_paths" in ssl.SSLContext.__dict__
+    context.set_default_verify_paths()
+    # The loader thread starts only after the import: if this context had been
+    # deferred, nothing could have loaded it yet.
+    seen["other"] = context.cert_store_stats()
+thread = threading.Thread(target=other)
+thread.start()
+cacerts.import_aiohttp()
+thread.join()
+seen["reference"] = ssl.create_default_context().cert_store_stats()
+print(orjson.dumps(seen).decode())
+"""
+
+
+def test_a_context_made_by_another_thread_meanwhile_gets_its_certificates() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", OTHER_THREAD], capture_output=True, text=True, check=True, timeout=60
+    )
+    seen = orjson.loads(completed.stdout)
+
+    if not seen["reference"]["x509_ca"]:
+        pytest.skip("no CA file here")
+    if not seen["during_import"]:
+        pytest.skip("the other thread ran only after the import")
+    assert seen["other"] == seen["reference"]
+
+
 def test_a_failure_to_load_is_raised_to_whoever_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     class Broken:
         def set_default_verify_paths(self) -> None:
-            raise ssl.SSLError("no store")
+            raise ssl.SSLError(1, "no store")
 
     monkeypatch.setattr(cacerts, "_loader", None)
     monkeypatch.setattr(cacerts, "_failure", [])
     cacerts._load([Broken()])  # type: ignore[list-item]
 
-    with pytest.raises(ssl.SSLError, match="no store"):
+    with pytest.raises(ConfigError, match=r"CA certificates: .*no store"):
         cacerts.wait_until_loaded()
+
+
+def test_the_client_waits_for_the_certificates_before_its_connector(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batchib import client
+    from batchib.config import ApiKey, RunSettings
+
+    steps: list[str] = []
+    real_connector = client.aiohttp.TCPConnector
+
+    def connector(**kwargs: Any) -> Any:
+        steps.append("connector")
+        return real_connector(**kwargs)
+
+    monkeypatch.setattr(client, "wait_until_loaded", lambda: steps.append("wait"))
+    monkeypatch.setattr(client.aiohttp, "TCPConnector", connector)
+
+    async def go() -> None:
+        settings = RunSettings(
+            api_key=ApiKey("sk-test-0123456789"), base_url="http://127.0.0.1:9/v1"
+        )
+        async with client.open_client(settings):
+            pass
+
+    asyncio.run(go())
+    assert steps == ["wait", "connector"]
 
 
 def imported_by(*args: str) -> str:
@@ -92,3 +163,42 @@ def test_only_the_run_command_imports_aiohttp_before_the_cli() -> None:
     run = imported_by("run", "--help")
     assert "aiohttp.connector" in run
     assert run.index("aiohttp.connector") < run.index("| click")
+
+
+# An aiohttp whose import fails after it made a context (a stand-in on sys.path).
+HALF_IMPORT = """
+import ssl, sys
+import orjson
+sys.path.insert(0, sys.argv[1])
+from batchib import cacerts
+try:
+    cacerts.import_aiohttp()
+except ImportError:
+    pass
+import made_first
+cacerts.wait_until_loaded()
+print(orjson.dumps([made_first.CONTEXT.cert_store_stats(),
+                    ssl.create_default_context().cert_store_stats()]).decode())
+"""
+
+
+def test_contexts_made_before_a_failed_import_still_get_their_certificates(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "made_first.py").write_text("import ssl\nCONTEXT = ssl.create_default_context()\n")
+    (tmp_path / "aiohttp").mkdir()
+    (tmp_path / "aiohttp" / "__init__.py").write_text(
+        "import made_first\nraise ImportError('half way')\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", HALF_IMPORT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    made, reference = orjson.loads(completed.stdout)
+
+    if not reference["x509_ca"]:
+        pytest.skip("no CA file here")
+    assert made == reference

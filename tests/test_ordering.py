@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from batchib.ordering import CompletionOrder, InputOrder
@@ -31,3 +32,17 @@ def test_completion_order_always_has_room() -> None:
     order = CompletionOrder(ListSink())
 
     assert [order.admit_now() for _ in range(3)] == [0, 1, 2]
+
+
+def test_admit_waits_for_room_and_counts_the_full_window_once() -> None:
+    async def go() -> tuple[int, int]:
+        order = InputOrder(ListSink(), window=1)
+        assert await order.admit() == 0
+        waiter = asyncio.create_task(order.admit())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not waiter.done()
+        order.done(0, {"line": 0})
+        return await asyncio.wait_for(waiter, timeout=1), order.window_full
+
+    assert asyncio.run(go()) == (1, 1)

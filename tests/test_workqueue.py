@@ -79,14 +79,30 @@ def test_a_worker_cancelled_after_its_wake_up_passes_the_entry_on() -> None:
 
 
 def test_a_cancelled_waiting_worker_leaves_no_trace() -> None:
-    async def go() -> list[str]:
+    async def go() -> tuple[int, list[str]]:
         queue: WorkQueue[str] = WorkQueue(2)
         gone = asyncio.create_task(queue.get())
         await asyncio.sleep(0)
         gone.cancel()
         await asyncio.gather(gone, return_exceptions=True)
+        waiting = len(queue._getters)
         queue.put("a")
         queue.put("b")
-        return [await asyncio.wait_for(queue.get(), timeout=1) for _ in range(2)]
+        return waiting, [await asyncio.wait_for(queue.get(), timeout=1) for _ in range(2)]
 
-    assert asyncio.run(go()) == ["a", "b"]
+    assert asyncio.run(go()) == (0, ["a", "b"])
+
+
+def test_an_entry_put_while_a_cancelled_worker_is_still_queued_goes_to_the_next() -> None:
+    async def go() -> str:
+        queue: WorkQueue[str] = WorkQueue(2)
+        gone = asyncio.create_task(queue.get())
+        await asyncio.sleep(0)
+        waiting = asyncio.create_task(queue.get())
+        await asyncio.sleep(0)  # both wait, `gone` first
+        gone.cancel()  # its future is cancelled, its task has not run yet
+        queue.put("next")  # must skip `gone` and wake `waiting`
+        await asyncio.gather(gone, return_exceptions=True)
+        return await asyncio.wait_for(waiting, timeout=1)
+
+    assert asyncio.run(go()) == "next"
