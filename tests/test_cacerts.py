@@ -16,6 +16,24 @@ import pytest
 from batchib import cacerts
 from batchib.errors import ConfigError
 
+
+def in_a_fresh_interpreter(script: str, *args: str) -> Any:
+    """What `script` prints (one JSON value), run where aiohttp is not imported yet."""
+    completed = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return orjson.loads(completed.stdout)
+
+
+def skip_without_a_ca_file(reference: dict[str, int]) -> None:
+    if not reference["x509_ca"]:
+        pytest.skip("no CA file here: an empty store would match an empty store")
+
+
 # A fresh interpreter: aiohttp must not be imported yet for anything to be deferred.
 PROBE = """
 import ssl, sys
@@ -40,12 +58,8 @@ print(orjson.dumps({
 
 
 def test_the_deferred_contexts_end_up_with_the_certificates_a_plain_import_loads() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=60
-    )
-    seen = orjson.loads(completed.stdout)
-    if not seen["reference"]["x509_ca"]:
-        pytest.skip("no CA file here: an empty store would match an empty store")
+    seen = in_a_fresh_interpreter(PROBE)
+    skip_without_a_ca_file(seen["reference"])
 
     assert seen["deferred"] and seen["aiohttp_imported"]
     assert seen["verified"] == seen["reference"]
@@ -91,13 +105,9 @@ print(orjson.dumps(seen).decode())
 
 
 def test_a_context_made_by_another_thread_meanwhile_gets_its_certificates() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-c", OTHER_THREAD], capture_output=True, text=True, check=True, timeout=60
-    )
-    seen = orjson.loads(completed.stdout)
+    seen = in_a_fresh_interpreter(OTHER_THREAD)
 
-    if not seen["reference"]["x509_ca"]:
-        pytest.skip("no CA file here")
+    skip_without_a_ca_file(seen["reference"])
     if not seen["during_import"]:
         pytest.skip("the other thread ran only after the import")
     assert seen["other"] == seen["reference"]
@@ -190,15 +200,7 @@ def test_contexts_made_before_a_failed_import_still_get_their_certificates(
     (tmp_path / "aiohttp" / "__init__.py").write_text(
         "import made_first\nraise ImportError('half way')\n"
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", HALF_IMPORT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    made, reference = orjson.loads(completed.stdout)
+    made, reference = in_a_fresh_interpreter(HALF_IMPORT, str(tmp_path))
 
-    if not reference["x509_ca"]:
-        pytest.skip("no CA file here")
+    skip_without_a_ca_file(reference)
     assert made == reference
