@@ -629,9 +629,10 @@ def _progress(job: Job, show: bool) -> Iterator[Any]:
         yield None
         return
     from batchib.progress import ProgressBar
-    from batchib.source import count_lines
 
-    with ProgressBar(count_lines(job.inputs)) as bar:
+    with ProgressBar(None) as bar:
+        if job.shard is None:  # a shard's share of the lines is not known in advance
+            bar.count_total(job.inputs)
         yield bar
 
 
