@@ -18,6 +18,7 @@ certificates at once. If aiohttp is already imported, or builds no context at im
 
 from __future__ import annotations
 
+import atexit
 import ssl
 import sys
 import threading
@@ -58,6 +59,10 @@ def import_aiohttp() -> None:
                 target=_load, args=(deferred,), name="batchib-ca-certs", daemon=True
             )
             _loader.start()
+            # A process that exits normally must not tear OpenSSL down under the thread
+            # (its exit handlers free what the load is using: a segfault). os._exit, the
+            # CLI's usual way out, runs neither.
+            atexit.register(_loader.join)
 
 
 def _load(contexts: list[ssl.SSLContext]) -> None:
