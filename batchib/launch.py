@@ -12,9 +12,11 @@ from __future__ import annotations
 import sys
 from typing import NoReturn
 
+HELP = {"-h", "--help"}  # `batchib run --help` needs no aiohttp
+
 
 def main() -> NoReturn:
-    if sys.argv[1:2] == ["run"]:
+    if sys.argv[1:2] == ["run"] and not HELP.intersection(sys.argv[2:]):
         from batchib.cacerts import import_aiohttp
 
         import_aiohttp()
