@@ -17,7 +17,7 @@ import io
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
@@ -39,14 +39,29 @@ _LONG_DIGITS = b"0" * 19
 CAP_KEYS = ("max_tokens", "max_completion_tokens")
 
 
-# Not frozen: a frozen dataclass's __init__ costs twice as much (object.__setattr__
-# per field), and one is made for every input line. Treat it as immutable.
-@dataclass(slots=True)
 class Request:
-    """One valid request, ready to send."""
+    """One valid request, ready to send. Treat it as immutable.
+
+    Made from a parsed body here, or (:meth:`from_fields`) from what another process
+    parsed (:mod:`batchib.parseproc`): then the body dict is decoded from `body_bytes`
+    only if asked for, which a run does only to count tokens exactly.
+    """
+
+    __slots__ = (
+        "_body",
+        "body_bytes",
+        "body_hash",
+        "completion_cap",
+        "custom_id",
+        "file",
+        "line",
+        "metadata",
+        "model",
+        "rough_prompt_tokens",
+    )
+    __hash__ = None  # type: ignore[assignment]  # mutable in principle, like a dataclass
 
     custom_id: str
-    body: dict[str, Any]
     # The body serialised once with sorted keys: sent as is and hashed as is.
     body_bytes: bytes
     body_hash: str
@@ -55,14 +70,86 @@ class Request:
     metadata: Any
     # Read off the body once, when it is made and still in the CPU's caches: by the
     # time the request is sent, reading it again cost several µs a request (measured).
-    model: str = field(init=False)
-    completion_cap: int | None = field(init=False)  # see max_completion_tokens
-    rough_prompt_tokens: int = field(init=False)  # the chars/4 estimate
+    model: str
+    completion_cap: int | None  # see max_completion_tokens
+    rough_prompt_tokens: int  # the chars/4 estimate
+    _body: dict[str, Any] | None
 
-    def __post_init__(self) -> None:
-        self.model = str(self.body["model"])
-        self.completion_cap = max_completion_tokens(self.body)
-        self.rough_prompt_tokens = estimate_prompt_tokens(self.body, ROUGH_COUNTER)
+    def __init__(
+        self,
+        custom_id: str,
+        body: dict[str, Any],
+        body_bytes: bytes,
+        body_hash: str,
+        file: str,
+        line: int,
+        metadata: Any,
+    ) -> None:
+        self.custom_id = custom_id
+        self._body = body
+        self.body_bytes = body_bytes
+        self.body_hash = body_hash
+        self.file = file
+        self.line = line
+        self.metadata = metadata
+        self.model = str(body["model"])
+        self.completion_cap = max_completion_tokens(body)
+        self.rough_prompt_tokens = estimate_prompt_tokens(body, ROUGH_COUNTER)
+
+    @classmethod
+    def from_fields(cls, fields: RequestFields) -> Request:
+        """The request :meth:`fields` described, its body left encoded."""
+        request = cls.__new__(cls)
+        (
+            request.custom_id,
+            request.body_bytes,
+            request.body_hash,
+            request.file,
+            request.line,
+            request.metadata,
+            request.model,
+            request.completion_cap,
+            request.rough_prompt_tokens,
+        ) = fields
+        request._body = None
+        return request
+
+    def fields(self) -> RequestFields:
+        """Everything but the body dict, as plain values (for another process)."""
+        return (
+            self.custom_id,
+            self.body_bytes,
+            self.body_hash,
+            self.file,
+            self.line,
+            self.metadata,
+            self.model,
+            self.completion_cap,
+            self.rough_prompt_tokens,
+        )
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The body as a dict (decoded from `body_bytes` on first use, if need be)."""
+        if self._body is None:
+            self._body = orjson.loads(self.body_bytes)
+        return self._body
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return self.fields() == other.fields() and self.body == other.body
+
+    def __repr__(self) -> str:
+        return (
+            f"Request(custom_id={self.custom_id!r}, file={self.file!r}, line={self.line!r}, "
+            f"model={self.model!r}, body_bytes={self.body_bytes[:200]!r})"
+        )
+
+
+# custom_id, body_bytes, body_hash, file, line, metadata, model, completion_cap,
+# rough_prompt_tokens: a Request without its body dict.
+RequestFields = tuple[str, bytes, str, str, int, Any, str, int | None, int]
 
 
 @dataclass(frozen=True, slots=True)
