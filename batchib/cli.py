@@ -31,6 +31,7 @@ from batchib.pricing import PriceTable
 
 if TYPE_CHECKING:
     from batchib.eventlog import EventLog
+    from batchib.parseproc import Parser
 from batchib.version import __version__
 
 KEY_VARIABLES = ("BATCHIB_API_KEY", "INFINITYBLUE_API_KEY", "OPENAI_API_KEY")
@@ -141,14 +142,15 @@ def main() -> None:
     """Run large batches of chat completions against an OpenAI-compatible gateway."""
 
 
-def console_main() -> NoReturn:
+def console_main(parser: Parser | None = None) -> NoReturn:
     """The `batchib` command: the CLI, then an exit that skips the interpreter's teardown,
     as mypy's does. Freeing every object of aiohttp, click and the rest one by one took
     about 35 ms at each exit, 1% of a 20,000-request run; by then everything a command
     writes is closed, synced and unlocked, so only stdout and stderr are left to flush.
-    An error that is not a SystemExit takes Python's usual way out (its traceback)."""
+    An error that is not a SystemExit takes Python's usual way out (its traceback).
+    `parser`: the input parser process forked by :mod:`batchib.launch`, for `run`."""
     try:
-        main()
+        main(obj=parser)
         status = 0
     except SystemExit as exc:
         status = _exit_status(exc.code)
@@ -550,7 +552,8 @@ def run(
         # Taken before the event loop starts, so that Ctrl-C while waiting just works.
         with OutputLock(job.output, wait=wait_lock):
             _refuse_mixed_results(job, allow_mixed)
-            result = eventloop.run(_run(job, show_progress, events))
+            parser = click.get_current_context().obj  # see console_main
+            result = eventloop.run(_run(job, show_progress, events, parser))
     except LockedError as exc:
         _fail(str(exc), EXIT_LOCKED)
     except BatchibError as exc:
@@ -584,18 +587,20 @@ def _refuse_mixed_results(job: Job, allow_mixed: bool) -> None:
         )
 
 
-async def _run(job: Job, show_progress: bool, events: EventLog | None) -> dict[str, Any]:
+async def _run(
+    job: Job, show_progress: bool, events: EventLog | None, parser: Parser | None
+) -> dict[str, Any]:
     from batchib.job import run_job
 
     control = RunControl()
     with _signals_stop(control, job.settings.grace_s), _progress(job, show_progress) as bar:
         if events is None:
             on_progress = bar.update if bar is not None else (lambda stats: None)
-            return await run_job(job, control=control, on_progress=on_progress)
+            return await run_job(job, control=control, on_progress=on_progress, parser=parser)
         events.start(_effective(job))
         reporter = asyncio.create_task(events.report_periodically())
         try:
-            return await run_job(job, control=control, on_progress=events.update)
+            return await run_job(job, control=control, on_progress=events.update, parser=parser)
         finally:
             reporter.cancel()
 

@@ -14,6 +14,7 @@ from batchib.eventloop import running_loop_name
 from batchib.idstore import IdStore
 from batchib.inputs import Request
 from batchib.manifest import differences, write_manifest
+from batchib.parseproc import Parser, ParserUsage
 from batchib.results import ResumeState, load_done
 from batchib.resultsfile import ResultsFile, set_aside_torn_tail, torn_path
 from batchib.runner import RunOutcome, run_batch
@@ -73,13 +74,17 @@ async def run_job(
     *,
     control: RunControl | None = None,
     on_progress: Callable[[RunStats], None] = lambda stats: None,
+    parser: Parser | None = None,
 ) -> dict[str, Any]:
-    """Run `job` to the end (or to a stop) and return the summary it wrote."""
+    """Run `job` to the end (or to a stop) and return the summary it wrote. With
+    `parser` (a :func:`batchib.parseproc.fork_parser` process) the input is parsed
+    there; otherwise on the event loop. Either way this call stops and reaps it."""
     started_at = utc_now()
     if not differences(job):
         # With --allow-mixed the manifest keeps describing the first settings.
         write_manifest(job)
     ids = IdStore()
+    parser_usage: ParserUsage | None = None
     try:
         # Reading the previous results happens before any request; it is local I/O.
         torn_bytes = 0 if job.overwrite else set_aside_torn_tail(job.output)
@@ -92,7 +97,9 @@ async def run_job(
         )
         try:
             outcome = await run_batch(
-                InputFiles(job.inputs, job.defaults, ids, job.shard),
+                parser.start(job.inputs, job.defaults, job.shard)
+                if parser is not None
+                else InputFiles(job.inputs, job.defaults, ids, job.shard),
                 job.settings,
                 results,
                 is_done=lambda request: _is_done(ids, request),
@@ -105,7 +112,10 @@ async def run_job(
             results.close()
     finally:
         ids.close()
+        if parser is not None:
+            parser_usage = parser.close()
     summary = build_summary(job, outcome, resume, started_at)
+    summary["input_parser"] = _parser_note(parser_usage)
     summary["budget"] = None if budget is None else budget.as_dict()
     if torn_bytes:
         summary["resume"]["torn_bytes_set_aside"] = torn_bytes
@@ -117,6 +127,17 @@ async def run_job(
         # After the summary: a failure here must not cost the run its summary.
         compact(job.output)
     return summary
+
+
+def _parser_note(usage: ParserUsage | None) -> dict[str, Any]:
+    if usage is None:
+        return {"where": "event loop"}
+    return {
+        "where": "process",
+        "pid": usage.pid,
+        "cpu_s": round(usage.cpu_s, 3),
+        "peak_rss_mb": round(usage.peak_rss_mb, 1),
+    }
 
 
 def _is_done(ids: IdStore, request: Request) -> bool:

@@ -1,5 +1,9 @@
 """The `batchib` command's entry point, which runs before the CLI's modules are imported.
 
+For `batchib run` it first forks the input parser process (:mod:`batchib.parseproc`):
+before any thread exists, and early, so that the child imports the parsing code while this
+process imports aiohttp.
+
 `batchib run` needs aiohttp, whose import loads the system's CA certificates twice
 (:mod:`batchib.cacerts`: about 50 ms, done by a thread instead). Started here, the thread
 loads them while click and the CLI's modules are imported and the job is set up, and is
@@ -9,17 +13,27 @@ of the 50 were still left to wait for.
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from batchib.parseproc import Parser
 
 HELP = {"-h", "--help"}  # `batchib run --help` needs no aiohttp
 
 
 def main() -> NoReturn:
+    parser: Parser | None = None
     if sys.argv[1:2] == ["run"] and not HELP.intersection(sys.argv[2:]):
+        from batchib import parseproc
+
+        # The one environment read outside the CLI: the process must fork before it.
+        if parseproc.wanted(os.environ.get("BATCHIB_PARSER"), parseproc.usable_cpus()):
+            parser = parseproc.fork_parser()
         from batchib.cacerts import import_aiohttp
 
         import_aiohttp()
     from batchib.cli import console_main
 
-    console_main()
+    console_main(parser)

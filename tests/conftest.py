@@ -44,6 +44,7 @@ ENV_TO_CLEAR = (
     "OPENAI_API_KEY",
     "BATCHIB_BASE_URL",
     "BATCHIB_SIMULATOR_KEY",
+    "BATCHIB_PARSER",  # the tests choose where the input is parsed
 )
 CLI_TIMEOUT_S = 60
 SERVER_START_TIMEOUT_S = 10

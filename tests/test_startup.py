@@ -59,7 +59,7 @@ def test_output_longer_than_a_pipe_holds_arrives_whole() -> None:
     probe = (
         "import sys\n"
         "from batchib import cli\n"
-        "def fake_main():\n"
+        "def fake_main(**_):\n"
         "    for _ in range(1000):\n"
         "        sys.stdout.write('x' * 999 + '\\n')\n"
         "    raise SystemExit(3)\n"
