@@ -13,7 +13,11 @@ counts), so a fast wrong client cannot win.
    When uvloop is installed, batchib also runs on asyncio's loop (BATCHIB_EVENT_LOOP=
    asyncio) and the floor on uvloop's in the instant -c 64 cell, alternating with the
    others: batchib uses uvloop when installed, so the floor on the same loop is the fair
-   comparison, and the asyncio rows price the loop itself.
+   comparison, and the asyncio rows price the loop itself. In the same cell batchib also
+   runs with its input parsed on the event loop (BATCHIB_PARSER=inline) instead of in its
+   parser process, which prices that process. batchib's CPU and peak RSS include its
+   parser process's: the CPU through wait4 (batchib reaps it), the peak RSS added from
+   its summary (each process at its own peak: an upper bound of their sum).
 2. Memory: batchib's peak RSS for --rss-lines input lines (instant server, -c 64).
 3. Start-up: `batchib --help` and a 1-line `batchib run` (medians of 7), and
    `batchib estimate` prompt tokens counted per second on a 200k-line file.
@@ -85,6 +89,7 @@ class Run:
     cpu_ms_per_request: float
     peak_rss_mb: float | None  # None where it cannot be told from the bench's own
     event_loop: str | None = None  # batchib's, from its summary
+    input_parser: str | None = None  # batchib's: "process" or "event loop", from its summary
     # At the server: answers from the first to the last, per second (no start-up or exit).
     served_per_s: float | None = None
 
@@ -96,15 +101,20 @@ class Run:
         measured: Measured,
         event_loop: str | None = None,
         rss_reported: bool = True,
+        input_parser: str | None = None,
+        extra_rss_mb: float = 0.0,
     ) -> Run:
+        """`extra_rss_mb`: the peak RSS of a process of the client's own that os.wait4's
+        figure (the largest of the process and its children) leaves out."""
         return cls(
             client=client,
             requests=requests,
             wall_s=round(measured.wall_s, 3),
             requests_per_s=round(requests / measured.wall_s, 1),
             cpu_ms_per_request=round(measured.cpu_s * 1000 / requests, 4),
-            peak_rss_mb=round(measured.peak_rss_mb, 1) if rss_reported else None,
+            peak_rss_mb=round(measured.peak_rss_mb + extra_rss_mb, 1) if rss_reported else None,
             event_loop=event_loop,
+            input_parser=input_parser,
         )
 
     def line(self) -> str:
@@ -202,10 +212,10 @@ def batchib_command(source: Path, output: Path, url: str, concurrency: int) -> l
     ]
 
 
-def check_batchib_output(output: Path, requests: int, label: str) -> str | None:
+def check_batchib_output(output: Path, requests: int, label: str) -> dict[str, Any]:
     """Every line parsed: ids, status and usage; then the summary's counts and usage.
 
-    Returns the event loop the run reports in its summary (None if it does not say)."""
+    Returns the summary."""
     ids = IdCheck(requests)
     lines = prompt = completion = 0
     with open(output, "rb") as stream:
@@ -243,8 +253,7 @@ def check_batchib_output(output: Path, requests: int, label: str) -> str | None:
     }
     for name, (got, want) in expected.items():
         check(got == want, label, f"summary {name} is {got}, expected {want}")
-    loop = summary.get("event_loop")
-    return str(loop) if loop is not None else None
+    return summary
 
 
 class IdCheck:
@@ -310,20 +319,44 @@ def run_batchib(
     requests: int,
     label: str,
     loop: str | None = None,
+    parser: str | None = None,
 ) -> Run:
-    """batchib as a user runs it; `loop="asyncio"` sets BATCHIB_EVENT_LOOP=asyncio."""
+    """batchib as a user runs it; `loop="asyncio"` sets BATCHIB_EVENT_LOOP=asyncio,
+    `parser="inline"` BATCHIB_PARSER=inline."""
     extra = {"BATCHIB_EVENT_LOOP": loop} if loop else {}
+    if parser:
+        extra["BATCHIB_PARSER"] = parser
     measured = measured_ok(
         batchib_command(source, output, url, concurrency),
         clean_env(BATCHIB_API_KEY=KEY, **extra),
         label,
         timeout_for(requests),
     )
-    ran_on = check_batchib_output(output, requests, label)
+    summary = check_batchib_output(output, requests, label)
+    ran_on = summary.get("event_loop")
     if loop is not None and ran_on is not None:
         check(ran_on == loop, label, f"ran on {ran_on}, not {loop}")
+    parsed = summary.get("input_parser") or {}
+    if parser == "inline":
+        check(parsed.get("where") == "event loop", label, f"input parsed: {parsed}")
+    parser_rss_mb = 0.0
+    if parsed.get("where") == "process":
+        check(
+            measured.cpu_s >= parsed["cpu_s"],
+            label,
+            f"CPU {measured.cpu_s:.3f} s leaves out the parser process's {parsed['cpu_s']} s",
+        )
+        parser_rss_mb = parsed["peak_rss_mb"]
     remove_outputs(output)
-    return Run.of("batchib" if loop is None else f"batchib-{loop}", requests, measured, ran_on)
+    client = "batchib" + (f"-{loop}" if loop else "") + (f"-{parser}" if parser else "")
+    return Run.of(
+        client,
+        requests,
+        measured,
+        None if ran_on is None else str(ran_on),
+        input_parser=parsed.get("where"),
+        extra_rss_mb=parser_rss_mb,
+    )
 
 
 def run_script(
@@ -405,6 +438,7 @@ def run_wire(
 CLIENTS = {
     "batchib": run_batchib,
     "batchib-asyncio": functools.partial(run_batchib, loop="asyncio"),
+    "batchib-inline": functools.partial(run_batchib, parser="inline"),
     "floor": run_floor,
     "floor-uvloop": functools.partial(run_floor, loop="uvloop"),
     "wire": run_wire,
@@ -413,6 +447,7 @@ CLIENTS = {
 CLIENT_NAMES = {
     "batchib": "batchib",
     "batchib-asyncio": "batchib, asyncio loop",
+    "batchib-inline": "batchib, input parsed on the loop",
     "floor": "floor (aiohttp)",
     "floor-uvloop": "floor (aiohttp), uvloop",
     "wire": "wire (no HTTP library), uvloop",
@@ -487,7 +522,7 @@ def throughput_cell(
     """One server x concurrency: the clients alternate on the same input; medians, ratios."""
     cell = f"{server} server, c={concurrency}"
     one_round = (
-        ["batchib", "batchib-asyncio", "floor", "floor-uvloop"]
+        ["batchib", "batchib-inline", "batchib-asyncio", "floor", "floor-uvloop"]
         if with_asyncio_loop
         else ["batchib", "floor"]
     )
@@ -845,7 +880,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"floor against each server; {runs}"
         f"{', one SDK run' if settings['sdk'] else ' (SDK skipped)'}; req/s over the whole "
         "process (start-up and exit included); served req/s at the server, from the first "
-        "answer to the last (neither); CPU and peak RSS the client process's own; vs floor: "
+        "answer to the last (neither); CPU and peak RSS the client process's own (batchib's "
+        "with its input parser process, added); vs floor: "
         "the median of each round's ratio (the runs of a round are back to back). "
         f"batchib's event loop (from its summary): {', '.join(loops)}; the floor and the "
         "SDK run on asyncio's.",
