@@ -48,3 +48,56 @@ def test_batchib_event_loop_asyncio_turns_uvloop_off(monkeypatch: pytest.MonkeyP
 
     assert eventloop.loop_factory() is None
     assert eventloop.run(main()) == "asyncio"
+
+
+# A fresh interpreter: a process that has already freed a large block has the threshold
+# raised. 2,000 ping-pongs on asyncio's loop, counting minor page faults.
+READS_PROBE = """
+import asyncio, json, resource, sys
+from batchib import eventloop
+if sys.argv[1] == "prepared":
+    eventloop.heap_for_large_reads()
+
+class Pong(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        self.transport.write(b"x" * 300)
+
+class Ping(asyncio.Protocol):
+    def __init__(self, done):
+        self.done, self.left = done, 2000
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(b"?")
+    def data_received(self, data):
+        self.left -= 1
+        if self.left:
+            self.transport.write(b"?")
+        else:
+            self.done.set_result(None)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Pong, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    done = loop.create_future()
+    await loop.create_connection(lambda: Ping(done), "127.0.0.1", port)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    await done
+    print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before))
+
+asyncio.run(main())
+"""
+
+
+def test_asyncio_reads_reuse_heap_memory_instead_of_mapping_fresh_pages() -> None:
+    from tests.test_cacerts import in_a_fresh_interpreter
+
+    unprepared = in_a_fresh_interpreter(READS_PROBE, "unprepared")
+    if unprepared < 2000:
+        pytest.skip(f"this allocator does not map each read ({unprepared} page faults)")
+
+    prepared = in_a_fresh_interpreter(READS_PROBE, "prepared")
+
+    assert prepared < unprepared / 4, (prepared, unprepared)
