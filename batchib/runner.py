@@ -1,12 +1,13 @@
 """The pipeline: reader → bounded queue → N workers → results file.
 
 Memory follows the concurrency, never the input: a thread reads a block of raw lines at
-a time (see :mod:`batchib.source`), the producer parses it on the loop a slice at a time
-and waits for room in the bounded queue (:mod:`batchib.workqueue`) between slices; each
-worker holds one request; results are written at the end of the loop iteration in which
-they are known (or before a body leaves at once, see :mod:`batchib.eagerwrite`). The
-policy that admits a request (rate limits) and the one that judges an answer (the
-client's verdict) live elsewhere.
+a time (see :mod:`batchib.source`; or a parsed slice from the parser process, see
+:mod:`batchib.parseproc`), the producer parses it on the loop a slice at a time (or
+rebuilds the slice's requests) and waits for room in the bounded queue
+(:mod:`batchib.workqueue`) between slices; each worker holds one request; results are
+written at the end of the loop iteration in which they are known (or before a body
+leaves at once, see :mod:`batchib.eagerwrite`). The policy that admits a request (rate
+limits) and the one that judges an answer (the client's verdict) live elsewhere.
 """
 
 from __future__ import annotations

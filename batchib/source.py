@@ -6,7 +6,9 @@ so it happens off the event loop; parsing, validation and the duplicate check ar
 CPU and happen on the loop, where they cost no thread hand-over. When the reader thread
 parsed too, it and the event loop fought over the GIL on every SQLite call and every
 switch interval: measured at about 12 µs of CPU per request, 7% of the whole client.
-A thread that only reads hands over one block per :data:`BLOCK_BYTES`.
+A thread that only reads hands over one block per :data:`BLOCK_BYTES`. Where it can,
+`batchib run` takes the parsing off the loop altogether: :mod:`batchib.parseproc` runs
+:class:`InputFiles` in a second process.
 """
 
 from __future__ import annotations
