@@ -148,7 +148,7 @@ def console_main(parser: Parser | None = None) -> NoReturn:
     about 35 ms at each exit, 1% of a 20,000-request run; by then everything a command
     writes is closed, synced and unlocked, so only stdout and stderr are left to flush.
     An error that is not a SystemExit takes Python's usual way out (its traceback).
-    `parser`: the input parser process forked by :mod:`batchib.launch`, for `run`."""
+    `parser`: the input parser process started by :mod:`batchib.launch`, for `run`."""
     try:
         main(obj=parser)
         status = 0

@@ -77,7 +77,7 @@ async def run_job(
     parser: Parser | None = None,
 ) -> dict[str, Any]:
     """Run `job` to the end (or to a stop) and return the summary it wrote. With
-    `parser` (a :func:`batchib.parseproc.fork_parser` process) the input is parsed
+    `parser` (a :func:`batchib.parseproc.spawn_parser` process) the input is parsed
     there; otherwise on the event loop. Either way this call stops and reaps it."""
     started_at = utc_now()
     if not differences(job):

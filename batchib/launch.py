@@ -1,8 +1,8 @@
 """The `batchib` command's entry point, which runs before the CLI's modules are imported.
 
-For `batchib run` it first forks the input parser process (:mod:`batchib.parseproc`):
-before any thread exists, and early, so that the child imports the parsing code while this
-process imports aiohttp.
+For `batchib run` it first starts the input parser process (:mod:`batchib.parseproc`),
+early, so that the child starts Python and imports the parsing code while this process
+imports aiohttp.
 
 `batchib run` needs aiohttp, whose import loads the system's CA certificates twice
 (:mod:`batchib.cacerts`: about 50 ms, done by a thread instead). Started here, the thread
@@ -28,9 +28,9 @@ def main() -> NoReturn:
     if sys.argv[1:2] == ["run"] and not HELP.intersection(sys.argv[2:]):
         from batchib import parseproc
 
-        # The one environment read outside the CLI: the process must fork before it.
+        # The one environment read outside the CLI: the process starts before it.
         if parseproc.wanted(os.environ.get("BATCHIB_PARSER"), parseproc.usable_cpus()):
-            parser = parseproc.fork_parser()
+            parser = parseproc.spawn_parser()
         from batchib.cacerts import import_aiohttp
 
         import_aiohttp()

@@ -1,5 +1,5 @@
-"""The input parser process: the same items as parsing inline, errors carried across, and
-no process left behind however the run ends."""
+"""The input parser process: the same items as parsing inline, errors carried across, no
+key in its environment, and no process left behind however the run ends."""
 
 from __future__ import annotations
 
@@ -17,14 +17,15 @@ import pytest
 from aiohttp import web
 
 from batchib.config import RequestDefaults
-from batchib.inputs import Request, parse_line
-from batchib.parseproc import usable_cpus, wanted
+from batchib.idstore import IdStore
+from batchib.inputs import InvalidLine, Request, parse_line
+from batchib.parseproc import ParserUsage, spawn_parser, usable_cpus, wanted
+from batchib.source import InputFiles, Source
 from tests.conftest import ENV_TO_CLEAR, CliRun, read_jsonl
-from tests.test_cacerts import in_a_fresh_interpreter
 from tests.test_signals import CountingGateway
 
 LINUX = sys.platform.startswith("linux")
-forks_here = pytest.mark.skipif(
+parser_process_here = pytest.mark.skipif(
     not wanted(None, usable_cpus()), reason="the parser process runs on Linux with 2+ CPUs"
 )
 
@@ -62,62 +63,59 @@ def test_a_request_rebuilt_from_its_fields_is_equal_and_decodes_its_body_only_wh
     assert rebuilt != Request.from_fields(("b", *original.fields()[1:]))
 
 
-# Run in a fresh interpreter: a fork is refused where threads already run (pytest's may).
-PROBE = """
-import json, os, signal, sys
-from batchib.config import RequestDefaults
-from batchib.idstore import IdStore
-from batchib.parseproc import fork_parser
-from batchib.source import InputFiles
+def describe(item: Request | InvalidLine) -> list[Any]:
+    return [
+        type(item).__name__,
+        item.custom_id,
+        item.file,
+        item.line,
+        getattr(item, "code", None),
+        getattr(item, "body_hash", None),
+        getattr(item, "metadata", None),
+        getattr(item, "rough_prompt_tokens", None),
+    ]
 
-case, paths, shard = sys.argv[1], sys.argv[2:-1], json.loads(sys.argv[-1])
-shard = tuple(shard) if shard else None
-defaults = RequestDefaults(model="m", max_tokens=9, params={"seed": 1})
 
-def describe(item):
-    return [type(item).__name__, item.custom_id, item.file, item.line,
-            getattr(item, "code", None), getattr(item, "body_hash", None),
-            getattr(item, "metadata", None), getattr(item, "rough_prompt_tokens", None)]
-
-def drain(source):
-    items, error = [], None
+def drain(source: Source) -> tuple[list[Request | InvalidLine], str | None]:
+    items: list[Request | InvalidLine] = []
     try:
         while block := source.read_block():
             items.extend(source.parse(block))
     except OSError as exc:
-        error = str(exc)
-    return items, error
+        return items, str(exc)
+    return items, None
 
-parser = fork_parser()
-assert parser is not None
-result = {"pid": parser.pid}
-if case == "never_started":
-    usage = parser.close()
-else:
-    source = parser.start(paths, defaults, shard)
-    if case == "killed":
-        os.kill(parser.pid, signal.SIGKILL)
-    items, error = drain(source)
+
+DEFAULTS = RequestDefaults(model="m", max_tokens=9, params={"seed": 1})
+
+
+def both_ways(
+    paths: list[Path | str], shard: tuple[int, int] | None = None
+) -> tuple[tuple[list[Any], str | None], tuple[list[Any], str | None], ParserUsage]:
+    """(items, error) from the parser process and from parsing inline; its usage."""
+    names = [str(path) for path in paths]
+    parser = spawn_parser()
+    items, error = drain(parser.start(names, DEFAULTS, shard))
     usage = parser.close()
     ids = IdStore()
-    inline, inline_error = drain(InputFiles(paths, defaults, ids, shard))
-    result.update(
-        items=[describe(i) for i in items], error=error,
-        inline=[describe(i) for i in inline], inline_error=inline_error,
-        equal=items == inline,
+    try:
+        inline, inline_error = drain(InputFiles(names, DEFAULTS, ids, shard))
+    finally:
+        ids.close()
+    assert items == inline  # Request equality compares the decoded bodies too
+    return (
+        ([describe(item) for item in items], error),
+        ([describe(item) for item in inline], inline_error),
+        usage,
     )
-try:
-    os.waitpid(parser.pid, os.WNOHANG)
-    result["reaped"] = False
-except ChildProcessError:
-    result["reaped"] = True
-result["usage"] = [usage.pid, usage.cpu_s, usage.peak_rss_mb]
-print(json.dumps(result))
-"""
 
 
-def probe(case: str, paths: list[Path | str], shard: tuple[int, int] | None = None) -> Any:
-    return in_a_fresh_interpreter(PROBE, case, *map(str, paths), json.dumps(shard))
+def reaped(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
 
 
 def mixed_inputs(tmp_path: Path) -> list[Path | str]:
@@ -143,69 +141,77 @@ def mixed_inputs(tmp_path: Path) -> list[Path | str]:
     return [first, second]
 
 
-@forks_here
+@parser_process_here
 @pytest.mark.parametrize("shard", [None, (1, 2), (2, 2)])
 def test_the_parser_process_sends_exactly_what_parsing_inline_makes(
     tmp_path: Path, shard: tuple[int, int] | None
 ) -> None:
-    result = probe("all", mixed_inputs(tmp_path), shard)
+    (items, error), (inline, inline_error), usage = both_ways(mixed_inputs(tmp_path), shard)
 
-    assert result["error"] is None and result["inline_error"] is None
-    assert result["equal"], (result["items"][:3], result["inline"][:3])
-    kinds = {item[0] for item in result["items"]}
-    assert kinds == {"Request", "InvalidLine"}
-    codes = {item[4] for item in result["items"]}
+    assert error is None and inline_error is None
+    assert items == inline
+    assert {item[0] for item in items} == {"Request", "InvalidLine"}
     if shard is None:
-        assert len(result["items"]) == 1 + 700 + 5 + 2
-        assert {"invalid_json", "duplicate_custom_id", "invalid_id"} <= codes
-    assert result["reaped"]
-    pid, cpu_s, peak_rss_mb = result["usage"]
-    assert pid == result["pid"] and cpu_s > 0 and peak_rss_mb > 1
+        assert len(items) == 1 + 700 + 5 + 2
+        assert {"invalid_json", "duplicate_custom_id", "invalid_id"} <= {i[4] for i in items}
+    assert reaped(usage.pid)
+    assert usage.cpu_s > 0 and usage.peak_rss_mb > 1
 
 
-@forks_here
+@parser_process_here
 def test_an_input_the_parser_cannot_read_fails_as_it_does_inline_after_the_lines_before_it(
     tmp_path: Path,
 ) -> None:
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(10)))
 
-    result = probe("all", [good, "/proc/self/mem"])  # a regular file that reads as EIO
+    # /proc/self/mem: a regular file that reads as EIO.
+    (items, error), (inline, inline_error), _ = both_ways([good, "/proc/self/mem"])
 
-    assert result["error"] == result["inline_error"]
-    assert "Input/output error" in result["error"]
-    assert result["items"] == result["inline"] and len(result["items"]) == 10
-    assert result["reaped"]
+    assert error == inline_error
+    assert error is not None and "Input/output error" in error
+    assert items == inline and len(items) == 10
 
 
-@forks_here
+@parser_process_here
 def test_a_parser_process_that_dies_is_an_input_error_not_a_short_run(tmp_path: Path) -> None:
-    result = probe("killed", mixed_inputs(tmp_path))
+    parser = spawn_parser()
+    source = parser.start([str(path) for path in mixed_inputs(tmp_path)], DEFAULTS)
+    os.kill(parser.pid, signal.SIGKILL)
 
-    assert result["error"] == f"the input parser (process {result['pid']}) ended unexpectedly"
-    assert result["reaped"]
+    _, error = drain(source)
+
+    assert error == f"the input parser (process {parser.pid}) ended unexpectedly"
+    assert reaped(parser.close().pid)
 
 
-@forks_here
+@parser_process_here
 def test_a_parser_process_never_given_a_job_is_reaped() -> None:
-    result = probe("never_started", [])
+    parser = spawn_parser()
 
-    assert result["reaped"]
-    assert result["usage"][0] == result["pid"]
+    usage = parser.close()
+
+    assert usage.pid == parser.pid and reaped(parser.pid)
 
 
-def test_no_fork_while_another_thread_runs() -> None:
-    script = """
-import json, threading
-from batchib.parseproc import fork_parser
-stop = threading.Event()
-thread = threading.Thread(target=stop.wait)
-thread.start()
-parser = fork_parser()
-stop.set()
-print(json.dumps(parser is None))
-"""
-    assert in_a_fresh_interpreter(script) is True
+@parser_process_here
+def test_the_parser_process_has_no_key_no_stdout_and_survives_a_ctrl_c_while_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHIB_API_KEY", "sk-parser-must-not-see-this")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-nor-this")
+    parser = spawn_parser()
+    # At once, while it is still starting Python: it must not die of it.
+    os.kill(parser.pid, signal.SIGINT)
+    environ = Path(f"/proc/{parser.pid}/environ").read_bytes()
+    stdout = os.readlink(f"/proc/{parser.pid}/fd/1")
+
+    items, error = drain(parser.start([str(mixed_inputs(tmp_path)[0])], DEFAULTS))
+    parser.close()
+
+    assert b"API_KEY" not in environ and b"sk-" not in environ
+    assert stdout == os.devnull
+    assert error is None and len(items) == 1 + 700 + 5
 
 
 def write_prompts(path: Path, count: int) -> Path:
@@ -215,7 +221,7 @@ def write_prompts(path: Path, count: int) -> Path:
     return path
 
 
-@forks_here
+@parser_process_here
 def test_batchib_run_parses_in_a_process_unless_told_inline_with_the_same_records(
     tmp_path: Path,
     run_batchib: Callable[..., CliRun],
@@ -298,7 +304,7 @@ def waiting_for_more_input(
     return process, parser
 
 
-@forks_here
+@parser_process_here
 def test_ctrl_c_reaching_the_parser_process_too_stops_the_run_as_an_interrupt(
     tmp_path: Path, start_app: Callable[[web.Application], str], api_key: str
 ) -> None:
@@ -317,7 +323,7 @@ def test_ctrl_c_reaching_the_parser_process_too_stops_the_run_as_an_interrupt(
     assert gone(parser)
 
 
-@forks_here
+@parser_process_here
 def test_kill_9_of_batchib_takes_the_parser_process_with_it(
     tmp_path: Path, start_app: Callable[[web.Application], str], api_key: str
 ) -> None:
