@@ -30,7 +30,10 @@ def main() -> NoReturn:
 
         # The one environment read outside the CLI: the process starts before it.
         if parseproc.wanted(os.environ.get("BATCHIB_PARSER"), parseproc.usable_cpus()):
-            parser = parseproc.spawn_parser()
+            try:
+                parser = parseproc.spawn_parser()
+            except OSError:  # no process to be had: parse on the loop, as with one CPU
+                parser = None
         from batchib.cacerts import import_aiohttp
 
         import_aiohttp()

@@ -182,7 +182,10 @@ class ParsedElsewhere:
             return []
         if kind == _ERROR:
             raise OSError(payload.decode("utf-8", "replace"))
-        raise OSError(f"the input parser (process {self._pid}) ended unexpectedly")
+        raise OSError(
+            f"the input parser (process {self._pid}) ended unexpectedly "
+            "(BATCHIB_PARSER=inline parses in the main process instead)"
+        )
 
     def parse(self, block: Sequence[Any]) -> list[Request | InvalidLine]:
         from_fields = Request.from_fields
