@@ -111,11 +111,13 @@ async def run_job(
         finally:
             results.close()
     finally:
-        ids.close()
-        if parser is not None:
-            parser_usage = parser.close()
+        try:
+            ids.close()
+        finally:
+            if parser is not None:
+                parser_usage = parser.close()
     summary = build_summary(job, outcome, resume, started_at)
-    summary["input_parser"] = _parser_note(parser_usage)
+    summary["input_parser"] = _parser_note(parser, parser_usage)
     summary["budget"] = None if budget is None else budget.as_dict()
     if torn_bytes:
         summary["resume"]["torn_bytes_set_aside"] = torn_bytes
@@ -129,9 +131,11 @@ async def run_job(
     return summary
 
 
-def _parser_note(usage: ParserUsage | None) -> dict[str, Any]:
-    if usage is None:
+def _parser_note(parser: Parser | None, usage: ParserUsage | None) -> dict[str, Any]:
+    if parser is None:
         return {"where": "event loop"}
+    if usage is None:  # see Parser.close
+        return {"where": "process", "pid": parser.pid, "not_reaped": True}
     return {
         "where": "process",
         "pid": usage.pid,

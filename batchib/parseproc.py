@@ -21,12 +21,14 @@ unpickles a slice and makes its Requests from those values without decoding the 
 again (:meth:`batchib.inputs.Request.from_fields`). The pipe is the back-pressure: the
 child blocks on a full pipe, and memory stays flat.
 
-The child writes nothing but the pipe. It holds no lock or output file: it is started
-before any is opened, and inherits only stdin, stderr and its two pipes (stdout is
-/dev/null). It never takes SIGINT or SIGTERM (blocked from the start, then ignored): the
-main process decides how a run stops, and kills the child when the run ends
-(:meth:`Parser.close`, which reaps it, so that its CPU time counts in the command's
-own). On Linux the kernel kills it if the main process dies first (PR_SET_PDEATHSIG), so
+The child writes only to the pipe (and, as parsing inline does, to its id store's
+private temporary SQLite file). It holds no lock or output file: it is started before any
+is opened, and inherits stdin, stderr (stdout is /dev/null), its two pipes, and only what
+the command itself was given to pass on. It never takes SIGINT or SIGTERM (blocked for
+its whole life): the main process decides how a run stops, and kills the child when the
+run ends (:meth:`Parser.close`, which reaps it, so that its CPU time counts in the
+command's own). Whatever stops the child early reaches the run as an error with its
+cause. On Linux the kernel kills it if the main process dies first (PR_SET_PDEATHSIG), so
 a kill -9 leaves nothing behind.
 """
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import signal
 import struct
 import sys
@@ -52,6 +55,10 @@ _ERROR = b"E"  # the input could not be read: the OSError's text
 _END = b"Z"  # every line has been sent
 _PR_SET_PDEATHSIG = 1
 _CHILD_FAILED = 70
+# How long close() waits for the killed child before leaving it to init.
+EXIT_WAIT_S = 5.0
+# Where this process imported batchib from: the child must have imported the same.
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass(frozen=True)
@@ -82,20 +89,29 @@ def spawn_parser() -> Parser:
     On Linux it dies with the thread that called this (PR_SET_PDEATHSIG): call it from
     the main thread, or one that outlives the run."""
     job_read, job_write = os.pipe()
-    items_read, items_write = os.pipe()
     try:
-        for fd in (job_read, items_write):  # only these two reach the child
+        items_read, items_write = os.pipe()
+    except OSError:
+        os.close(job_read)
+        os.close(job_write)
+        raise
+    try:
+        for fd in (job_read, items_write):  # inherited, unlike any other pipe of ours
             os.set_inheritable(fd, True)
-        argv = [sys.executable, "-m", "batchib.parseproc", str(os.getpid())]
         pid = os.posix_spawn(
             sys.executable,
-            [*argv, str(job_read), str(items_write)],
+            [
+                sys.executable,
+                *_interpreter_flags(),
+                *("-m", "batchib.parseproc", str(os.getpid()), str(job_read), str(items_write)),
+            ],
             # Python's own settings stay (a virtual environment, PYTHONPATH); the key
             # does not: the child never needs it.
             {k: v for k, v in os.environ.items() if not k.endswith("API_KEY")},
             # A pipe reading the command's stdout must not wait for the child.
             file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)],
-            # Blocked from exec on, so that a Ctrl-C during its start-up cannot kill it.
+            # Blocked for the child's whole life (Python does not unblock them), so that a
+            # Ctrl-C to the process group, even while it starts, never reaches it.
             setsigmask={signal.SIGINT, signal.SIGTERM},
         )
     except BaseException:
@@ -108,6 +124,19 @@ def spawn_parser() -> Parser:
     return Parser(pid, job_write, items_read)
 
 
+def _interpreter_flags() -> list[str]:
+    """The flags that decide where the child imports from, as the main process's.
+    Always -P: `-m` would otherwise put the current directory first on sys.path, and a
+    `batchib/` or `orjson.py` there would be imported instead of the installed ones."""
+    flags = ["-P"]
+    if sys.flags.isolated:
+        flags.append("-I")
+    else:
+        flags += ["-E"] if sys.flags.ignore_environment else []
+        flags += ["-s"] if sys.flags.no_user_site else []
+    return flags
+
+
 class Parser:
     """The main process's handle on the parser process."""
 
@@ -116,6 +145,7 @@ class Parser:
         self._job_fd: int | None = job_fd
         self._items = os.fdopen(items_fd, "rb")
         self.usage: ParserUsage | None = None
+        self._abandoned = False
 
     def start(
         self,
@@ -125,6 +155,7 @@ class Parser:
     ) -> ParsedElsewhere:
         """Send the child its job; the Source of what it parses."""
         job = (
+            _PACKAGE,
             list(paths),
             (
                 defaults.model,
@@ -136,21 +167,27 @@ class Parser:
             shard,
         )
         assert self._job_fd is not None, "a parser process takes one job"
-        with open(self._job_fd, "wb") as stream:  # closed: the child reads to the end
-            self._job_fd = None
-            with contextlib.suppress(BrokenPipeError):  # it died: reading will say so
-                stream.write(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
+        fd, self._job_fd = self._job_fd, None
+        # Closed after: the child reads to the end. A dead child fails the write or the
+        # close's flush; reading from it will say so.
+        with contextlib.suppress(BrokenPipeError), open(fd, "wb") as stream:
+            stream.write(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
         return ParsedElsewhere(self._items, self.pid)
 
-    def close(self) -> ParserUsage:
-        """Stop the child (finished or not), reap it and note what it used."""
-        if self.usage is not None:
+    def close(self) -> ParserUsage | None:
+        """Stop the child (finished or not), reap it and note what it used. None if it
+        has not died EXIT_WAIT_S after a SIGKILL (stuck in the kernel, on an input from a
+        hung network mount, say): then it is left for init to reap, not waited for."""
+        if self.usage is not None or self._abandoned:
             return self.usage
         if self._job_fd is not None:  # never started: it exits on its own
             os.close(self._job_fd)
             self._job_fd = None
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
+        if not _exits_within(self.pid, EXIT_WAIT_S):
+            self._abandoned = True  # its pipe too: a read of it may still be blocked
+            return None
         _, _, rusage = os.wait4(self.pid, 0)
         # Dead, so a read still blocked in the reader thread has returned: the close
         # does not wait on it.
@@ -159,6 +196,20 @@ class Parser:
             self.pid, rusage.ru_utime + rusage.ru_stime, rusage.ru_maxrss / 1024
         )
         return self.usage
+
+
+def _exits_within(pid: int, timeout_s: float) -> bool:
+    """Whether the child `pid` exits within `timeout_s` (without reaping it). Where
+    Linux's pidfd is missing, True: the caller's wait4 then waits as long as it takes."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return True
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout_s)
+    finally:
+        os.close(pidfd)
+    return bool(ready)
 
 
 class ParsedElsewhere:
@@ -196,25 +247,23 @@ class ParsedElsewhere:
         ]
 
 
-def _child(parent: int, job_fd: int, items_fd: int) -> int:
-    """The parser process: its job from `job_fd`, frames to `items_fd`; the exit status."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _child(parent: int, job_fd: int, out: BinaryIO) -> None:
+    """The parser process: its job from `job_fd`, frames to `out`. Raises what stops it."""
     _die_with(parent)
+    from batchib.idstore import IdStore
     from batchib.source import PARSE_BATCH, InputFiles
 
     with open(job_fd, "rb") as stream:
         job = stream.read()
     if not job:  # the run ended before it needed us
-        return 0
-    paths, (model, system, max_tokens, temperature, params), shard = pickle.loads(job)
+        return
+    package, paths, (model, system, max_tokens, temperature, params), shard = pickle.loads(job)
+    if package != _PACKAGE:
+        raise RuntimeError(f"it imported batchib from {_PACKAGE}, the main process from {package}")
     defaults = RequestDefaults(model, system, max_tokens, temperature, params)
-    from batchib.idstore import IdStore
-
-    out = open(items_fd, "wb")  # noqa: SIM115 - for the life of the process
     ids = IdStore()
-    source = InputFiles(paths, defaults, ids, shard)
     try:
+        source = InputFiles(paths, defaults, ids, shard)
         try:
             while block := source.read_block():
                 for start in range(0, len(block), PARSE_BATCH):
@@ -223,15 +272,11 @@ def _child(parent: int, job_fd: int, items_fd: int) -> int:
                         rows = [item.fields() if type(item) is Request else item for item in items]
                         _send(out, _ITEMS, pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as exc:
-            _send(out, _ERROR, str(exc).encode())
-            return 0
-        except Exception as exc:  # a bug: said in the run's error, not as a traceback here
-            _send(out, _ERROR, f"the input parser failed: {type(exc).__name__}: {exc}".encode())
-            return _CHILD_FAILED
+            if isinstance(exc, BrokenPipeError):
+                raise
+            _send(out, _ERROR, str(exc).encode())  # unreadable input: as inline, an OSError
+            return
         _send(out, _END, b"")
-        return 0
-    except BrokenPipeError:  # the main process stopped reading: the run is over
-        return 0
     finally:
         ids.close()
 
@@ -256,10 +301,19 @@ def _die_with(parent: int) -> None:
 
 
 def _main(argv: list[str]) -> NoReturn:
-    """``python -m batchib.parseproc PARENT_PID JOB_FD ITEMS_FD``, by spawn_parser."""
-    status = _CHILD_FAILED
+    """``python -m batchib.parseproc PARENT_PID JOB_FD ITEMS_FD``, by spawn_parser. Any
+    failure reaches the main process as an error frame, with its cause."""
+    status = 0
     try:
-        status = _child(int(argv[0]), int(argv[1]), int(argv[2]))
+        out = open(int(argv[2]), "wb")  # noqa: SIM115 - for the life of the process
+        try:
+            _child(int(argv[0]), int(argv[1]), out)
+        except BrokenPipeError:  # the main process stopped reading: the run is over
+            pass
+        except Exception as exc:  # a bug, or a broken install: said in the run's error
+            status = _CHILD_FAILED
+            with contextlib.suppress(OSError):
+                _send(out, _ERROR, f"the input parser failed: {type(exc).__name__}: {exc}".encode())
     finally:
         os._exit(status)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -19,7 +20,14 @@ from aiohttp import web
 from batchib.config import RequestDefaults
 from batchib.idstore import IdStore
 from batchib.inputs import InvalidLine, Request, parse_line
-from batchib.parseproc import ParserUsage, spawn_parser, usable_cpus, wanted
+from batchib.parseproc import (
+    ParsedElsewhere,
+    ParserUsage,
+    _exits_within,
+    spawn_parser,
+    usable_cpus,
+    wanted,
+)
 from batchib.source import InputFiles, Source
 from tests.conftest import ENV_TO_CLEAR, CliRun, read_jsonl
 from tests.test_signals import CountingGateway
@@ -97,6 +105,7 @@ def both_ways(
     parser = spawn_parser()
     items, error = drain(parser.start(names, DEFAULTS, shard))
     usage = parser.close()
+    assert usage is not None
     ids = IdStore()
     try:
         inline, inline_error = drain(InputFiles(names, DEFAULTS, ids, shard))
@@ -183,7 +192,68 @@ def test_a_parser_process_that_dies_is_an_input_error_not_a_short_run(tmp_path: 
 
     assert error is not None
     assert error.startswith(f"the input parser (process {parser.pid}) ended unexpectedly")
-    assert reaped(parser.close().pid)
+    assert parser.close() is not None and reaped(parser.pid)
+
+
+@parser_process_here
+def test_a_parser_process_dead_before_its_job_fails_the_reading_not_the_start() -> None:
+    parser = spawn_parser()
+    os.kill(parser.pid, signal.SIGKILL)
+    os.waitid(os.P_PID, parser.pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
+
+    source = parser.start(["in.jsonl"], DEFAULTS)  # a small job: fails only at the close
+    _, error = drain(source)
+
+    assert error is not None and "ended unexpectedly" in error
+    assert parser.close() is not None and reaped(parser.pid)
+
+
+@parser_process_here
+def test_a_failure_inside_the_parser_process_reaches_the_run_with_its_cause() -> None:
+    parser = spawn_parser()
+    # A job naming another copy of batchib: the child refuses it.
+    job = ("/elsewhere/batchib", ["in.jsonl"], (None, None, None, None, {}), None)
+    with open(parser._job_fd or -1, "wb") as stream:
+        stream.write(pickle.dumps(job))
+    parser._job_fd = None
+
+    _, error = drain(ParsedElsewhere(parser._items, parser.pid))
+
+    assert error is not None
+    assert error.startswith("the input parser failed: RuntimeError: it imported batchib from")
+    assert error.endswith("the main process from /elsewhere/batchib")
+    parser.close()
+
+
+@parser_process_here
+def test_the_parser_process_imports_batchib_as_installed_not_from_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write_prompts(tmp_path / "in.jsonl", 5)
+    shadow = tmp_path / "batchib"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text(
+        'raise RuntimeError("a batchib/ in the current directory")\n'
+    )
+    monkeypatch.chdir(tmp_path)
+
+    parser = spawn_parser()
+    items, error = drain(parser.start([str(source)], DEFAULTS))
+    parser.close()
+
+    assert error is None and len(items) == 5
+
+
+def test_waiting_for_a_child_to_exit_gives_up_at_the_timeout_without_reaping_it() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not _exits_within(child.pid, 0.05)
+        child.kill()
+        assert _exits_within(child.pid, 10)
+        assert child.poll() is not None  # still there to reap
+    finally:
+        child.kill()
+        child.wait()
 
 
 @parser_process_here
@@ -192,7 +262,7 @@ def test_a_parser_process_never_given_a_job_is_reaped() -> None:
 
     usage = parser.close()
 
-    assert usage.pid == parser.pid and reaped(parser.pid)
+    assert usage is not None and usage.pid == parser.pid and reaped(parser.pid)
 
 
 @parser_process_here
