@@ -16,9 +16,10 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from batchib.breaker import CircuitBreaker, Trip
 from batchib.budget import Budget
@@ -205,7 +206,10 @@ class _Pipeline:
         while not self.control.stopping:
             try:
                 if source.blocking:
-                    block = await asyncio.wrap_future(reader.submit(source.read_block))
+                    read = await self.read_unless_stopped(source, reader)
+                    if read is None:  # stopped while the input was silent
+                        break
+                    block = read
                 else:
                     block = source.read_block()
             except OSError as exc:
@@ -232,6 +236,24 @@ class _Pipeline:
         # One end marker per worker (the queue takes them without waiting).
         for _ in range(self.settings.concurrency):
             queue.put(None)
+
+    async def read_unless_stopped(self, source: Source, reader: Executor) -> Sequence[Any] | None:
+        """The source's next block, or None if the run stops first.
+
+        A read may wait on a silent stdin (or on the parser process waiting on one) for
+        as long as the writer likes: a stop (a fatal answer, a budget, Ctrl-C) must not
+        wait for it. The read is left to its thread, which the run does not wait for."""
+        read: asyncio.Future[Sequence[Any]] = asyncio.wrap_future(reader.submit(source.read_block))
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(self.control.wait_stopped())
+        try:
+            await asyncio.wait([read, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if read.done():
+            return read.result()
+        # Whatever the abandoned read ends with is of no interest now.
+        read.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return None
 
     def admit(self, seq: int, item: Item, queue: Queue) -> None:
         self.stats.read += 1

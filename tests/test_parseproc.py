@@ -28,6 +28,8 @@ from batchib.parseproc import (
     usable_cpus,
     wanted,
 )
+from batchib.simulator import SimulatorSettings
+from batchib.simulator.settings import FaultRates
 from batchib.source import InputFiles, Source
 from tests.conftest import ENV_TO_CLEAR, CliRun, read_jsonl
 from tests.test_signals import CountingGateway
@@ -323,12 +325,13 @@ def test_batchib_run_parses_in_a_process_unless_told_inline_with_the_same_record
 
 
 def start_on_a_silent_stdin(
-    tmp_path: Path, url: str, api_key: str, lines: int
+    tmp_path: Path, url: str, api_key: str, lines: int, parser: str = "process"
 ) -> subprocess.Popen[bytes]:
     """`batchib run -` in its own process group, given `lines` prompts on a stdin that
     then stays open and silent: its parser process waits there, in a read."""
     env = {k: v for k, v in os.environ.items() if k not in ENV_TO_CLEAR}
     env["BATCHIB_API_KEY"] = api_key
+    env["BATCHIB_PARSER"] = parser
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "batchib", "run", "-", "-o", "out.jsonl"),
@@ -408,3 +411,29 @@ def test_kill_9_of_batchib_takes_the_parser_process_with_it(
         time.sleep(0.02)  # the kernel's kill is asynchronous; nothing to wait on here
     assert gone(parser)
     process.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("parser", ["process", "inline"])
+def test_a_fatal_answer_ends_a_run_waiting_on_a_silent_stdin(
+    parser: str,
+    tmp_path: Path,
+    start_simulator: Callable[..., str],
+    api_key: str,
+) -> None:
+    # The key stops working after 2 requests: a stop that lets requests in flight
+    # finish, and would otherwise wait for the input to say more.
+    url = start_simulator(SimulatorSettings(faults=FaultRates(revoke_after=2)))
+    process = start_on_a_silent_stdin(tmp_path, url, api_key, 5, parser)
+
+    try:
+        process.wait(timeout=30)  # stdin still open (communicate() would close it)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 1, stderr.decode()
+    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
+    assert summary["stop"]["code"] == "invalid_api_key"
+    assert summary["counts"]["lines"] == 5
+    assert summary["counts"]["input_complete"] is False
