@@ -437,3 +437,38 @@ def test_a_fatal_answer_ends_a_run_waiting_on_a_silent_stdin(
     assert summary["stop"]["code"] == "invalid_api_key"
     assert summary["counts"]["lines"] == 5
     assert summary["counts"]["input_complete"] is False
+
+
+@parser_process_here
+def test_batchib_run_parses_inline_when_no_process_can_be_started(
+    tmp_path: Path, start_simulator: Callable[..., str], api_key: str
+) -> None:
+    url = start_simulator()
+    source = write_prompts(tmp_path / "in.jsonl", 20)
+    # The real entry point, with posix_spawn failing as it does when no process is left.
+    script = (
+        "import os, sys\n"
+        "def no_process(*args, **kwargs):\n"
+        "    raise BlockingIOError(11, 'Resource temporarily unavailable')\n"
+        "os.posix_spawn = no_process\n"
+        "from batchib.launch import main\n"
+        "main()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ENV_TO_CLEAR}
+    env["BATCHIB_API_KEY"] = api_key
+    completed = subprocess.run(
+        [
+            *(sys.executable, "-c", script, "run", str(source), "-o", "out.jsonl"),
+            *("--model", "gpt-5.4", "--base-url", url, "-q"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr.decode()
+    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
+    assert summary["input_parser"] == {"where": "event loop"}
+    assert summary["counts"]["succeeded"] == 20
