@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import ssl
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +45,13 @@ cacerts.import_aiohttp()
 deferred = cacerts._loader is not None
 cacerts.wait_until_loaded()
 from aiohttp import connector
+verified_at_wait = connector._SSL_CONTEXT_VERIFIED.cert_store_stats()
+cacerts._loader.join()  # the unverified context is not waited for
 reference = ssl.create_default_context()
 print(orjson.dumps({
     "deferred": deferred,
     "aiohttp_imported": "aiohttp" in sys.modules,
-    "verified": connector._SSL_CONTEXT_VERIFIED.cert_store_stats(),
+    "verified": verified_at_wait,
     "unverified": connector._SSL_CONTEXT_UNVERIFIED.cert_store_stats(),
     "reference": reference.cert_store_stats(),
     "verify_mode": int(connector._SSL_CONTEXT_VERIFIED.verify_mode),
@@ -92,8 +96,7 @@ def other():
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     seen["during_import"] = "set_default_verify_paths" in ssl.SSLContext.__dict__
     context.set_default_verify_paths()
-    # The loader thread starts only after the import: if this context had been
-    # deferred, nothing could have loaded it yet.
+    # Loaded here, by this thread: had it been deferred, the loader would have it.
     seen["other"] = context.cert_store_stats()
 thread = threading.Thread(target=other)
 thread.start()
@@ -113,6 +116,43 @@ def test_a_context_made_by_another_thread_meanwhile_gets_its_certificates() -> N
     assert seen["other"] == seen["reference"]
 
 
+# The unverified context's load held until the waiter has returned: a wait that also
+# covered it would never return (the script times out).
+UNVERIFIED_LATE = """
+import ssl, threading
+import orjson
+release = threading.Event()
+plain = ssl.SSLContext.set_default_verify_paths
+def held(context):
+    if context.verify_mode == ssl.CERT_NONE:
+        release.wait()
+    plain(context)
+ssl.SSLContext.set_default_verify_paths = held
+from batchib import cacerts
+cacerts.import_aiohttp()
+cacerts.wait_until_loaded()
+from aiohttp import connector
+seen = {
+    "verified": connector._SSL_CONTEXT_VERIFIED.cert_store_stats(),
+    "unverified_before": connector._SSL_CONTEXT_UNVERIFIED.cert_store_stats(),
+}
+release.set()
+cacerts._loader.join()
+seen["unverified_after"] = connector._SSL_CONTEXT_UNVERIFIED.cert_store_stats()
+seen["reference"] = ssl.create_default_context().cert_store_stats()
+print(orjson.dumps(seen).decode())
+"""
+
+
+def test_the_wait_covers_the_verified_context_and_not_the_unverified_one() -> None:
+    seen = in_a_fresh_interpreter(UNVERIFIED_LATE)
+    skip_without_a_ca_file(seen["reference"])
+
+    assert seen["verified"] == seen["reference"]
+    assert seen["unverified_before"]["x509_ca"] == 0
+    assert seen["unverified_after"] == seen["reference"]
+
+
 def test_a_failure_to_load_is_raised_to_whoever_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     class Broken:
         def set_default_verify_paths(self) -> None:
@@ -120,7 +160,12 @@ def test_a_failure_to_load_is_raised_to_whoever_waits(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(cacerts, "_loader", None)
     monkeypatch.setattr(cacerts, "_failure", [])
-    cacerts._load([Broken()])  # type: ignore[list-item]
+    loaded = threading.Event()
+    monkeypatch.setattr(cacerts, "_verifying", [loaded])
+    work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    work.put((Broken(), loaded))
+    work.put(None)
+    cacerts._load(work)
 
     with pytest.raises(ConfigError, match=r"CA certificates: .*no store"):
         cacerts.wait_until_loaded()
