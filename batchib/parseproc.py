@@ -55,6 +55,10 @@ _ERROR = b"E"  # the input could not be read: the OSError's text
 _END = b"Z"  # every line has been sent
 _PR_SET_PDEATHSIG = 1
 _CHILD_FAILED = 70
+# The first slice is short: the run's first request waits for it. From the job sent to
+# the first request, 5.7 ms with a first slice of PARSE_BATCH lines, 3.1 ms with 8
+# (20,000-line input, medians of 11).
+FIRST_BATCH = 8
 # How long close() waits for the killed child before leaving it to init.
 EXIT_WAIT_S = 5.0
 # Where this process imported batchib from: the child must have imported the same.
@@ -253,21 +257,27 @@ def _child(parent: int, job_fd: int, out: BinaryIO) -> None:
     from batchib.idstore import IdStore
     from batchib.source import PARSE_BATCH, InputFiles
 
-    with open(job_fd, "rb") as stream:
-        job = stream.read()
-    if not job:  # the run ended before it needed us
-        return
-    package, paths, (model, system, max_tokens, temperature, params), shard = pickle.loads(job)
-    if package != _PACKAGE:
-        raise RuntimeError(f"it imported batchib from {_PACKAGE}, the main process from {package}")
-    defaults = RequestDefaults(model, system, max_tokens, temperature, params)
-    ids = IdStore()
+    ids = IdStore()  # made while the main process is still busy, not after the job
     try:
+        with open(job_fd, "rb") as stream:
+            job = stream.read()
+        if not job:  # the run ended before it needed us
+            return
+        package, paths, (model, system, max_tokens, temperature, params), shard = pickle.loads(job)
+        if package != _PACKAGE:
+            raise RuntimeError(
+                f"it imported batchib from {_PACKAGE}, the main process from {package}"
+            )
+        defaults = RequestDefaults(model, system, max_tokens, temperature, params)
         source = InputFiles(paths, defaults, ids, shard)
+        batch = FIRST_BATCH
         try:
             while block := source.read_block():
-                for start in range(0, len(block), PARSE_BATCH):
-                    items = source.parse(block[start : start + PARSE_BATCH])
+                start = 0
+                while start < len(block):
+                    items = source.parse(block[start : start + batch])
+                    start += batch
+                    batch = PARSE_BATCH
                     if items:
                         rows = [item.fields() if type(item) is Request else item for item in items]
                         _send(out, _ITEMS, pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))

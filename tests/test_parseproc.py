@@ -21,6 +21,7 @@ from batchib.config import RequestDefaults
 from batchib.idstore import IdStore
 from batchib.inputs import InvalidLine, Request, parse_line
 from batchib.parseproc import (
+    FIRST_BATCH,
     ParsedElsewhere,
     ParserUsage,
     _exits_within,
@@ -30,7 +31,7 @@ from batchib.parseproc import (
 )
 from batchib.simulator import SimulatorSettings
 from batchib.simulator.settings import FaultRates
-from batchib.source import InputFiles, Source
+from batchib.source import PARSE_BATCH, InputFiles, Source
 from tests.conftest import ENV_TO_CLEAR, CliRun, read_jsonl
 from tests.test_signals import CountingGateway
 
@@ -167,6 +168,25 @@ def test_the_parser_process_sends_exactly_what_parsing_inline_makes(
         assert {"invalid_json", "duplicate_custom_id", "invalid_id"} <= {i[4] for i in items}
     assert reaped(usage.pid)
     assert usage.cpu_s > 0 and usage.peak_rss_mb > 1
+
+
+@parser_process_here
+def test_the_first_slice_is_short_so_the_first_request_need_not_wait_for_a_full_one(
+    tmp_path: Path,
+) -> None:
+    source = write_prompts(tmp_path / "in.jsonl", 600)
+    parser = spawn_parser()
+    try:
+        elsewhere = parser.start([str(source)], DEFAULTS)
+        sizes = []
+        while block := elsewhere.read_block():
+            sizes.append(len(elsewhere.parse(block)))
+    finally:
+        parser.close()
+
+    assert sizes[0] == FIRST_BATCH < PARSE_BATCH
+    assert sizes[1] == PARSE_BATCH
+    assert sum(sizes) == 600
 
 
 @parser_process_here
