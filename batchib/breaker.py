@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from batchib.client import Reply, Verdict
+from batchib.reply import Reply, Verdict
 
 DEFAULT_WINDOW = 50
 DEFAULT_MIN_DURATION_S = 60.0

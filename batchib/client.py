@@ -8,11 +8,9 @@ further request would fail the same way (401, 403, out of credit) stop the run.
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -20,7 +18,8 @@ import orjson
 
 from batchib.cacerts import wait_until_loaded
 from batchib.config import RunSettings
-from batchib.ratelimit_headers import RateLimitHeaders, parse_rate_headers
+from batchib.ratelimit_headers import parse_rate_headers
+from batchib.reply import Reply, Verdict
 from batchib.retry import MAX_RETRY_AFTER_S, retry_after_s
 from batchib.version import __version__
 
@@ -32,41 +31,6 @@ REDACTED = b"[REDACTED]"
 MIN_REDACTED_LEN = 8
 OUT_OF_CREDIT_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted"})
 MAX_MESSAGE_CHARS = 500
-
-
-class Verdict(enum.Enum):
-    SUCCESS = "success"
-    RETRY = "retry"  # this attempt failed; another may succeed
-    GIVE_UP = "give_up"  # this request will not succeed; others may
-    STOP_RUN = "stop_run"  # no request will succeed: stop dispatching
-
-
-# Not frozen: a frozen dataclass's __init__ costs twice as much (object.__setattr__
-# per field), and one is made for every attempt. Treat it as immutable.
-@dataclass(slots=True)
-class Reply:
-    """The outcome of one attempt."""
-
-    verdict: Verdict
-    status: int | None  # None when no HTTP answer arrived
-    body: dict[str, Any] | None  # the JSON body, success or error, when there was one
-    request_id: str | None
-    code: str | None  # failure code: the gateway's error code or batchib's own
-    message: str | None
-    retry_after_s: float | None
-    latency_ms: float
-    # What the gateway said about our quota, when it said anything.
-    rate: RateLimitHeaders | None = None
-    # The error's `type`: for a 429, "requests" or "tokens" tells which limit was hit.
-    error_type: str | None = None
-    # The wait came from `retry-after-ms`: precise enough to infer the refill rate
-    # from (whole-second Retry-After values are rounded up and are not).
-    retry_after_precise: bool = False
-
-    @property
-    def rate_limited(self) -> bool:
-        """A 429 that is a rate limit (not an exhausted account)."""
-        return self.status == 429 and self.verdict is not Verdict.STOP_RUN
 
 
 def _error_fields(body: dict[str, Any] | None) -> tuple[str | None, str | None, str | None]:

@@ -21,12 +21,15 @@ from typing import TYPE_CHECKING, NoReturn
 if TYPE_CHECKING:
     from batchib.parseproc import Parser
 
-HELP = {"-h", "--help"}  # `batchib run --help` needs no aiohttp
+# `batchib run` with any of these sends no request: it needs neither aiohttp nor the
+# parser process. (Given as the value of another option instead, one costs that run only
+# time: it parses on the loop and loads the certificates without the thread.)
+NO_REQUESTS = {"-h", "--help", "--dry-run", "--print-config"}
 
 
 def main() -> NoReturn:
     parser: Parser | None = None
-    if sys.argv[1:2] == ["run"] and not HELP.intersection(sys.argv[2:]):
+    if sys.argv[1:2] == ["run"] and not NO_REQUESTS.intersection(sys.argv[2:]):
         from batchib import parseproc
 
         # The one environment read outside the CLI: the process starts before it.

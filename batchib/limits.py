@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from batchib.adaptive import AdaptiveRate
-from batchib.client import Reply, Verdict
 from batchib.ratelimit_headers import Bucket
+from batchib.reply import Reply, Verdict
 
 if TYPE_CHECKING:
     from batchib.bucket import SmoothBucket

@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from batchib.client import Reply, Verdict
 from batchib.idstore import IdStore
 from batchib.inputs import InvalidLine, Request
+from batchib.reply import Reply, Verdict
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"

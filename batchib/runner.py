@@ -23,7 +23,7 @@ from typing import Any
 
 from batchib.breaker import CircuitBreaker, Trip
 from batchib.budget import Budget
-from batchib.client import GatewayClient, Reply, Verdict, open_client
+from batchib.client import GatewayClient, open_client
 from batchib.config import RunSettings
 from batchib.control import (
     EXIT_ABORTED,
@@ -40,6 +40,7 @@ from batchib.inputs import InvalidLine, Request
 from batchib.limits import Limits
 from batchib.ordering import CompletionOrder, InputOrder, RecordSink
 from batchib.pricing import PriceTable, Spend
+from batchib.reply import Reply, Verdict
 from batchib.results import invalid_record, request_record
 from batchib.retry import backoff_s
 from batchib.source import PARSE_BATCH, ItemsInMemory, Source

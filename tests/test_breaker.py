@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from batchib.breaker import CircuitBreaker, Trip
-from batchib.client import Reply, Verdict
+from batchib.reply import Reply, Verdict
 
 NO_ANSWER = "no answer (timeouts, connection errors)"
 

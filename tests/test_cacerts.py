@@ -198,9 +198,12 @@ def test_the_client_waits_for_the_certificates_before_its_connector(
     assert steps == ["wait", "connector"]
 
 
-def imported_by(*args: str) -> str:
-    """-X importtime's report of `python -m batchib ARGS`."""
-    env = {key: value for key, value in os.environ.items() if key != "BATCHIB_API_KEY"}
+def imported_by(*args: str, key: str | None = None, status: int | None = None) -> str:
+    """-X importtime's report of `python -m batchib ARGS` (which must exit with `status`
+    when given), with `key` as BATCHIB_API_KEY or no key at all."""
+    env = {name: value for name, value in os.environ.items() if name != "BATCHIB_API_KEY"}
+    if key is not None:
+        env["BATCHIB_API_KEY"] = key
     completed = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "batchib", *args],
         capture_output=True,
@@ -208,13 +211,40 @@ def imported_by(*args: str) -> str:
         timeout=60,
         env=env,
     )
+    assert status is None or completed.returncode == status, completed.stderr[-2000:]
     return completed.stderr
 
 
-def test_only_the_run_command_imports_aiohttp_before_the_cli() -> None:
+def test_only_the_run_command_imports_aiohttp_before_the_cli(tmp_path: Path) -> None:
     assert "aiohttp" not in imported_by("--help")
     assert "aiohttp" not in imported_by("estimate", "--help")
     assert "aiohttp" not in imported_by("run", "--help")
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "hi"}\n')
+    estimate = imported_by("estimate", str(source), "--model", "gpt-5.4", status=0)
+    assert "aiohttp" not in estimate
+    # A run that sends nothing starts neither aiohttp nor the parser process.
+    out = str(tmp_path / "out.jsonl")
+    for flag in ("--dry-run", "--print-config"):
+        run = imported_by(
+            "run", str(source), "-o", out, "--model", "gpt-5.4", flag, key="sk-0123456789", status=0
+        )
+        assert "aiohttp" not in run and "batchib.parseproc" not in run
+    # The same run without the flag: both.
+    run = imported_by(
+        "run",
+        str(source),
+        "-o",
+        out,
+        "--model",
+        "gpt-5.4",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--max-attempts",
+        "1",
+        key="sk-0123456789",
+    )
+    assert "aiohttp" in run and "batchib.parseproc" in run
     # run: aiohttp comes before click, so its certificates load while click is imported.
     run = imported_by("run", "no-such-input.jsonl", "--model", "m")
     assert "aiohttp.connector" in run

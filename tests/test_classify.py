@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
-from batchib.client import Verdict, classify
+from batchib.client import classify
+from batchib.reply import Verdict
 
 NOW_S = 1_445_412_450.0
 COMPLETION = {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop"}]}

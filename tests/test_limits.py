@@ -17,9 +17,9 @@ from aiolimiter import AsyncLimiter
 
 import batchib.limits
 from batchib.bucket import SmoothBucket
-from batchib.client import Reply, Verdict
 from batchib.limits import Limits, Ticket
 from batchib.ratelimit_headers import Bucket, RateLimitHeaders
+from batchib.reply import Reply, Verdict
 from batchib.tokens import max_completion_tokens
 
 # Generous: a waiter that should wake within milliseconds.

@@ -17,12 +17,13 @@ from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_writer import StreamWriter
 
 from batchib import eagerwrite, runner
-from batchib.client import GatewayClient, Reply
+from batchib.client import GatewayClient
 from batchib.config import ApiKey, RequestDefaults, RunSettings
 from batchib.control import RunControl
 from batchib.eagerwrite import WRITE_BYTES_CODE, SpareTime
 from batchib.errors import OutputError
 from batchib.inputs import InvalidLine, Request, parse_line
+from batchib.reply import Reply
 from batchib.runner import RunOutcome, run_batch
 from batchib.source import Source
 from batchib.usage import RunStats

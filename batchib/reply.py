@@ -1,0 +1,47 @@
+"""The outcome of one attempt, as the rest of batchib sees it: a verdict and what the
+gateway said. Kept apart from :mod:`batchib.client`, which talks HTTP, so that what only
+reads or writes results (`batchib estimate`, the results file) does not import aiohttp.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from batchib.ratelimit_headers import RateLimitHeaders
+
+
+class Verdict(enum.Enum):
+    SUCCESS = "success"
+    RETRY = "retry"  # this attempt failed; another may succeed
+    GIVE_UP = "give_up"  # this request will not succeed; others may
+    STOP_RUN = "stop_run"  # no request will succeed: stop dispatching
+
+
+# Not frozen: a frozen dataclass's __init__ costs twice as much (object.__setattr__
+# per field), and one is made for every attempt. Treat it as immutable.
+@dataclass(slots=True)
+class Reply:
+    """The outcome of one attempt."""
+
+    verdict: Verdict
+    status: int | None  # None when no HTTP answer arrived
+    body: dict[str, Any] | None  # the JSON body, success or error, when there was one
+    request_id: str | None
+    code: str | None  # failure code: the gateway's error code or batchib's own
+    message: str | None
+    retry_after_s: float | None
+    latency_ms: float
+    # What the gateway said about our quota, when it said anything.
+    rate: RateLimitHeaders | None = None
+    # The error's `type`: for a 429, "requests" or "tokens" tells which limit was hit.
+    error_type: str | None = None
+    # The wait came from `retry-after-ms`: precise enough to infer the refill rate
+    # from (whole-second Retry-After values are rounded up and are not).
+    retry_after_precise: bool = False
+
+    @property
+    def rate_limited(self) -> bool:
+        """A 429 that is a rate limit (not an exhausted account)."""
+        return self.status == 429 and self.verdict is not Verdict.STOP_RUN
