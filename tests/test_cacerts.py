@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import ssl
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchib import cacerts
+from batchib import cacerts, parseproc
 from batchib.errors import ConfigError
 
 
@@ -77,6 +76,7 @@ def test_nothing_is_deferred_once_aiohttp_is_imported(monkeypatch: pytest.Monkey
     import aiohttp  # noqa: F401  (as in any program that imported it first)
 
     monkeypatch.setattr(cacerts, "_loader", None)
+    monkeypatch.setattr(cacerts, "_loads", [])
     monkeypatch.setattr(cacerts, "ssl", None)  # any use of it would raise
     cacerts.import_aiohttp()
 
@@ -153,22 +153,53 @@ def test_the_wait_covers_the_verified_context_and_not_the_unverified_one() -> No
     assert seen["unverified_after"] == seen["reference"]
 
 
-def test_a_failure_to_load_is_raised_to_whoever_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Broken:
-        def set_default_verify_paths(self) -> None:
-            raise ssl.SSLError(1, "no store")
+class Broken:
+    """A stand-in context whose load fails."""
 
-    monkeypatch.setattr(cacerts, "_loader", None)
-    monkeypatch.setattr(cacerts, "_failure", [])
-    loaded = threading.Event()
-    monkeypatch.setattr(cacerts, "_verifying", [loaded])
-    work: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    work.put((Broken(), loaded))
-    work.put(None)
-    cacerts._load(work)
+    def __init__(self, verify_mode: ssl.VerifyMode) -> None:
+        self.verify_mode = verify_mode
+
+    def set_default_verify_paths(self) -> None:
+        raise ssl.SSLError(1, "no store")
+
+
+def test_a_failure_to_load_is_raised_to_whoever_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    load = cacerts._Load(Broken(ssl.CERT_REQUIRED))  # type: ignore[arg-type]
+    monkeypatch.setattr(cacerts, "_loads", [load])
+    load.run()
 
     with pytest.raises(ConfigError, match=r"CA certificates: .*no store"):
         cacerts.wait_until_loaded()
+
+
+def test_a_failure_to_load_a_context_that_verifies_nothing_is_not_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    load = cacerts._Load(Broken(ssl.CERT_NONE))  # type: ignore[arg-type]
+    monkeypatch.setattr(cacerts, "_loads", [load])
+    load.run()
+
+    cacerts.wait_until_loaded()
+
+
+def test_a_context_that_verifies_by_the_wait_is_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # as when it was deferred
+    load = cacerts._Load(context)
+    monkeypatch.setattr(cacerts, "_loads", [load])
+    cacerts.wait_until_loaded()  # verifies nothing yet: not waited for
+
+    context.verify_mode = ssl.CERT_REQUIRED
+    waiter = threading.Thread(target=cacerts.wait_until_loaded)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # waiting for the load now
+    load.run()
+    waiter.join(5)
+    assert not waiter.is_alive()
 
 
 def test_the_client_waits_for_the_certificates_before_its_connector(
@@ -230,21 +261,13 @@ def test_only_the_run_command_imports_aiohttp_before_the_cli(tmp_path: Path) -> 
             "run", str(source), "-o", out, "--model", "gpt-5.4", flag, key="sk-0123456789", status=0
         )
         assert "aiohttp" not in run and "batchib.parseproc" not in run
-    # The same run without the flag: both.
-    run = imported_by(
-        "run",
-        str(source),
-        "-o",
-        out,
-        "--model",
-        "gpt-5.4",
-        "--base-url",
-        "http://127.0.0.1:9/v1",
-        "--max-attempts",
-        "1",
-        key="sk-0123456789",
-    )
-    assert "aiohttp" in run and "batchib.parseproc" in run
+    # The same run without the flag: both (the parser process where it is used at all).
+    args = ("--base-url", "http://127.0.0.1:9/v1", "--max-attempts", "1")
+    run = imported_by("run", str(source), "-o", out, "--model", "gpt-5.4", *args, key="sk-0123")
+    assert "aiohttp" in run
+    summary = orjson.loads((tmp_path / "out.jsonl.summary.json").read_bytes())
+    expected = "process" if parseproc.wanted(None, parseproc.usable_cpus()) else "event loop"
+    assert summary["input_parser"]["where"] == expected
     # run: aiohttp comes before click, so its certificates load while click is imported.
     run = imported_by("run", "no-such-input.jsonl", "--model", "m")
     assert "aiohttp.connector" in run
