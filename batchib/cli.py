@@ -485,7 +485,7 @@ def run(
             temperature=temperature,
             params=parse_params(params),
         )
-    if dry_run:
+    if dry_run and not print_config:  # printing the settings wins, even over a file's
         from batchib.estimate import EstimateSettings
 
         with _usage_errors():

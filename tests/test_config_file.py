@@ -50,6 +50,21 @@ def test_config_from_the_environment_variable(
     assert json.loads(run.stdout)["concurrency"] == 8
 
 
+def test_print_config_prints_even_when_the_config_asks_for_a_dry_run(
+    tmp_path: Path, run_batchib: Callable[..., CliRun]
+) -> None:
+    (tmp_path / "batchib.toml").write_text(CONFIG + "dry_run = true\n")
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n')
+
+    dry = run_batchib("--config", "batchib.toml")
+    printed = run_batchib("--config", "batchib.toml", "--print-config")
+
+    assert dry.status == 0, dry.stderr
+    assert dry.stdout.startswith("model ") and "prompt tok" in dry.stdout  # the estimate
+    assert printed.status == 0, printed.stderr
+    assert json.loads(printed.stdout)["concurrency"] == 8
+
+
 def test_unknown_settings_in_the_config_are_a_usage_error(
     tmp_path: Path, run_batchib: Callable[..., CliRun]
 ) -> None:
