@@ -26,23 +26,28 @@ import queue
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 
 from batchib.errors import ConfigError
 
 
 class _Load:
-    """One deferred context's certificates: `done` once loaded, or failed to be."""
+    """One deferred context's certificates: `done` once loaded, or failed to be.
 
-    __slots__ = ("context", "done", "error")
+    `load` is the real ``set_default_verify_paths``, called directly: through the
+    context, while the import's stand-in is in place, the call would be deferred again."""
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    __slots__ = ("context", "done", "error", "load")
+
+    def __init__(self, context: ssl.SSLContext, load: Callable[[ssl.SSLContext], None]) -> None:
         self.context = context
+        self.load = load
         self.done = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.context.set_default_verify_paths()
+            self.load(self.context)
         except BaseException as exc:  # raised to whoever waits, as the import would have
             self.error = exc
         finally:
@@ -95,7 +100,7 @@ def import_aiohttp() -> None:
             return
         if made:
             hand_over(made[-1])
-        made.append(_Load(context))
+        made.append(_Load(context, load_now))
         _loads.append(made[-1])
 
     ssl.SSLContext.set_default_verify_paths = defer  # type: ignore[method-assign,assignment]

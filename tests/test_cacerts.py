@@ -153,6 +153,36 @@ def test_the_wait_covers_the_verified_context_and_not_the_unverified_one() -> No
     assert seen["unverified_after"] == seen["reference"]
 
 
+# No thread to be had (a process at its limit): the certificates load on the importing
+# thread, as a plain import would, and the contexts end up the same.
+NO_THREADS = """
+import ssl, threading
+import orjson
+def refuse(self):
+    raise RuntimeError("can't start new thread")
+threading.Thread.start = refuse
+from batchib import cacerts
+cacerts.import_aiohttp()
+cacerts.wait_until_loaded()
+from aiohttp import connector
+print(orjson.dumps({
+    "loader": cacerts._loader is not None,
+    "verified": connector._SSL_CONTEXT_VERIFIED.cert_store_stats(),
+    "unverified": connector._SSL_CONTEXT_UNVERIFIED.cert_store_stats(),
+    "reference": ssl.create_default_context().cert_store_stats(),
+}).decode())
+"""
+
+
+def test_without_a_thread_the_certificates_load_on_the_importing_thread() -> None:
+    seen = in_a_fresh_interpreter(NO_THREADS)
+    skip_without_a_ca_file(seen["reference"])
+
+    assert not seen["loader"]
+    assert seen["verified"] == seen["reference"]
+    assert seen["unverified"] == seen["reference"]
+
+
 class Broken:
     """A stand-in context whose load fails."""
 
@@ -164,7 +194,8 @@ class Broken:
 
 
 def test_a_failure_to_load_is_raised_to_whoever_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    load = cacerts._Load(Broken(ssl.CERT_REQUIRED))  # type: ignore[arg-type]
+    broken = Broken(ssl.CERT_REQUIRED)
+    load = cacerts._Load(broken, Broken.set_default_verify_paths)  # type: ignore[arg-type]
     monkeypatch.setattr(cacerts, "_loads", [load])
     load.run()
 
@@ -175,7 +206,8 @@ def test_a_failure_to_load_is_raised_to_whoever_waits(monkeypatch: pytest.Monkey
 def test_a_failure_to_load_a_context_that_verifies_nothing_is_not_raised(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    load = cacerts._Load(Broken(ssl.CERT_NONE))  # type: ignore[arg-type]
+    broken = Broken(ssl.CERT_NONE)
+    load = cacerts._Load(broken, Broken.set_default_verify_paths)  # type: ignore[arg-type]
     monkeypatch.setattr(cacerts, "_loads", [load])
     load.run()
 
@@ -188,7 +220,7 @@ def test_a_context_that_verifies_by_the_wait_is_waited_for(
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # as when it was deferred
-    load = cacerts._Load(context)
+    load = cacerts._Load(context, ssl.SSLContext.set_default_verify_paths)
     monkeypatch.setattr(cacerts, "_loads", [load])
     cacerts.wait_until_loaded()  # verifies nothing yet: not waited for
 
