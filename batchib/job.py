@@ -138,7 +138,7 @@ def _parser_note(parser: Parser | None, usage: ParserUsage | None) -> dict[str, 
         return {"where": "process", "pid": parser.pid, "not_reaped": True}
     return {
         "where": "process",
-        "pid": usage.pid,
+        "pid": parser.pid,
         "cpu_s": round(usage.cpu_s, 3),
         "peak_rss_mb": round(usage.peak_rss_mb, 1),
     }

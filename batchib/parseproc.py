@@ -67,9 +67,9 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 @dataclass(frozen=True)
 class ParserUsage:
-    """What the parser process used, from the kernel when it was reaped."""
+    """What the parser process (:attr:`Parser.pid`) used, from the kernel when it was
+    reaped."""
 
-    pid: int
     cpu_s: float
     peak_rss_mb: float
 
@@ -196,9 +196,7 @@ class Parser:
         # Dead, so a read still blocked in the reader thread has returned: the close
         # does not wait on it.
         self._items.close()
-        self.usage = ParserUsage(
-            self.pid, rusage.ru_utime + rusage.ru_stime, rusage.ru_maxrss / 1024
-        )
+        self.usage = ParserUsage(rusage.ru_utime + rusage.ru_stime, rusage.ru_maxrss / 1024)
         return self.usage
 
 

@@ -23,7 +23,7 @@ from batchib.inputs import InvalidLine, Request, parse_line
 from batchib.parseproc import (
     FIRST_BATCH,
     ParsedElsewhere,
-    ParserUsage,
+    Parser,
     _exits_within,
     spawn_parser,
     usable_cpus,
@@ -102,13 +102,12 @@ DEFAULTS = RequestDefaults(model="m", max_tokens=9, params={"seed": 1})
 
 def both_ways(
     paths: list[Path | str], shard: tuple[int, int] | None = None
-) -> tuple[tuple[list[Any], str | None], tuple[list[Any], str | None], ParserUsage]:
-    """(items, error) from the parser process and from parsing inline; its usage."""
+) -> tuple[tuple[list[Any], str | None], tuple[list[Any], str | None], Parser]:
+    """(items, error) from the parser process and from parsing inline; the parser, closed."""
     names = [str(path) for path in paths]
     parser = spawn_parser()
     items, error = drain(parser.start(names, DEFAULTS, shard))
-    usage = parser.close()
-    assert usage is not None
+    assert parser.close() is not None
     ids = IdStore()
     try:
         inline, inline_error = drain(InputFiles(names, DEFAULTS, ids, shard))
@@ -118,7 +117,7 @@ def both_ways(
     return (
         ([describe(item) for item in items], error),
         ([describe(item) for item in inline], inline_error),
-        usage,
+        parser,
     )
 
 
@@ -158,7 +157,7 @@ def mixed_inputs(tmp_path: Path) -> list[Path | str]:
 def test_the_parser_process_sends_exactly_what_parsing_inline_makes(
     tmp_path: Path, shard: tuple[int, int] | None
 ) -> None:
-    (items, error), (inline, inline_error), usage = both_ways(mixed_inputs(tmp_path), shard)
+    (items, error), (inline, inline_error), parser = both_ways(mixed_inputs(tmp_path), shard)
 
     assert error is None and inline_error is None
     assert items == inline
@@ -166,8 +165,9 @@ def test_the_parser_process_sends_exactly_what_parsing_inline_makes(
     if shard is None:
         assert len(items) == 1 + 700 + 5 + 2
         assert {"invalid_json", "duplicate_custom_id", "invalid_id"} <= {i[4] for i in items}
-    assert reaped(usage.pid)
-    assert usage.cpu_s > 0 and usage.peak_rss_mb > 1
+    assert reaped(parser.pid)
+    assert parser.usage is not None
+    assert parser.usage.cpu_s > 0 and parser.usage.peak_rss_mb > 1
 
 
 @parser_process_here
@@ -284,7 +284,7 @@ def test_a_parser_process_never_given_a_job_is_reaped() -> None:
 
     usage = parser.close()
 
-    assert usage is not None and usage.pid == parser.pid and reaped(parser.pid)
+    assert usage is not None and reaped(parser.pid)
 
 
 @parser_process_here
