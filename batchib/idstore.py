@@ -36,25 +36,22 @@ class IdStore:
         )
         self._any_done = False
 
-    def first_uses(self, uses: list[tuple[str, str, int]]) -> list[FirstUse | None]:
-        """:meth:`first_use` for many (custom_id, file, line) in input order, in one
-        statement when none of them repeats an id (the usual case)."""
+    def claim_all(self, uses: list[tuple[str, str, int]]) -> bool:
+        """Record every (custom_id, file, line) in one statement and return True when
+        none of the ids was used before (the usual case). Otherwise record none of them
+        and return False: the caller then asks :meth:`first_use` line by line, so that
+        what it does about each repeat comes before the next line's question."""
         if not uses:
-            return []
+            return True
         inserted = self._db.executemany(
             "INSERT INTO seen VALUES (?, ?, ?) ON CONFLICT DO NOTHING", uses
         ).rowcount
         if inserted == len(uses):
-            return [None] * len(uses)
-        # A repeat somewhere. (No rollback: the journal is off.) Each id's row now names
-        # its first use; a line is read once, so a row naming another line is a repeat.
-        answers: list[FirstUse | None] = []
-        for custom_id, file, line in uses:
-            row = self._db.execute(
-                "SELECT file, line FROM seen WHERE id = ?", (custom_id,)
-            ).fetchone()
-            answers.append(None if (row[0], row[1]) == (file, line) else FirstUse(*row))
-        return answers
+            return True
+        # (No rollback: the journal is off.) A line is read once, so a row naming one of
+        # these lines was inserted just now.
+        self._db.executemany("DELETE FROM seen WHERE id = ? AND file = ? AND line = ?", uses)
+        return False
 
     def first_use(self, custom_id: str, file: str, line: int) -> FirstUse | None:
         """Record a use of custom_id; return where it was first used if this is a repeat."""

@@ -98,23 +98,39 @@ def _numbered(path: str, before: int, raws: list[bytes]) -> list[RawLine]:
 
 
 def reject_duplicates(items: Sequence[Item], ids: IdStore) -> list[Item]:
-    """`items`, with a request that repeats an earlier line's custom_id made invalid
-    (one SQLite statement for the lot when none repeats)."""
-    firsts = ids.first_uses([(item.custom_id, item.file, item.line) for item in items])
+    """`items`, with a line that repeats an earlier line's custom_id made invalid (one
+    SQLite statement for the lot when none repeats; else line by line, in input order,
+    so that the ids given do not depend on where the input was cut into slices).
+
+    Its record gets an id of its own, never the repeated one: readers matching on
+    custom_id (a rerun, `report`, `compact`) must not see the first line's result
+    replaced by it. A line already invalid for another reason keeps its reason, and the
+    repeat is added to it."""
+    if ids.claim_all([(item.custom_id, item.file, item.line) for item in items]):
+        return list(items)
     checked: list[Item] = []
-    for item, first in zip(items, firsts, strict=True):
-        if first is not None and isinstance(item, Request):
-            # The record gets the line's positional id: the duplicated id belongs to the
-            # first line, and readers matching on custom_id must not see it fail.
-            item = InvalidLine(
-                positional_id(item.file, item.line),
-                item.file,
-                item.line,
-                "duplicate_custom_id",
-                f"custom_id {item.custom_id!r} was already used at {first.file}:{first.line}",
+    for item in items:
+        if (first := ids.first_use(item.custom_id, item.file, item.line)) is not None:
+            repeat = f"custom_id {item.custom_id!r} was already used at {first.file}:{first.line}"
+            code, message = (
+                (item.code, f"{item.message}; and its {repeat}")
+                if isinstance(item, InvalidLine)
+                else ("duplicate_custom_id", repeat)
             )
+            item = InvalidLine(_unused_id(item, ids), item.file, item.line, code, message)
         checked.append(item)
     return checked
+
+
+def _unused_id(item: Item, ids: IdStore) -> str:
+    """An id no line has used so far, now taken by `item`: its positional id, or that
+    with "#2", "#3", ... when another line already named itself so."""
+    base = positional_id(item.file, item.line)
+    candidate, n = base, 1
+    while ids.first_use(candidate, item.file, item.line) is not None:
+        n += 1
+        candidate = f"{base}#{n}"
+    return candidate
 
 
 def count_lines(paths: Iterable[str]) -> int | None:

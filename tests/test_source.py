@@ -14,8 +14,14 @@ import pytest
 
 from batchib.config import RequestDefaults
 from batchib.idstore import IdStore
-from batchib.inputs import InvalidLine, Request
-from batchib.source import InputFiles, ObjectsInMemory, count_lines, read_blocks
+from batchib.inputs import InvalidLine, Request, parse_line
+from batchib.source import (
+    InputFiles,
+    ObjectsInMemory,
+    count_lines,
+    read_blocks,
+    reject_duplicates,
+)
 
 MODEL = RequestDefaults(model="gpt-default")
 BOM = b"\xef\xbb\xbf"
@@ -98,6 +104,67 @@ def test_duplicate_custom_id_across_files_names_the_first_file_and_line(
     duplicate = items[2]
     assert isinstance(duplicate, InvalidLine)
     assert duplicate.message == f"custom_id 'x' was already used at {first}:2"
+
+
+def test_a_bad_line_that_repeats_an_id_keeps_its_reason_and_gives_up_the_id(
+    tmp_path: Path, ids: IdStore
+) -> None:
+    path = write(
+        tmp_path / "dup.jsonl",
+        b'{"id": "Y", "prompt": "ok"}',
+        b'{"id": "Y", "messages": []}',
+    )
+
+    items = list(InputFiles([path], MODEL, ids))
+
+    assert summary(items) == [
+        ("request", "Y", path, 1),
+        ("empty_messages", "dup.jsonl:2", path, 2),
+    ]
+    bad = items[1]
+    assert isinstance(bad, InvalidLine)
+    assert bad.message.endswith(f"; and its custom_id 'Y' was already used at {path}:1")
+
+
+def test_every_record_of_a_repeat_has_an_id_no_other_line_has(tmp_path: Path, ids: IdStore) -> None:
+    # Line 1 names itself as line 2's positional id would be; line 4 names itself as
+    # line 3's; the second file has the first's base name and no ids. No record may share
+    # an id with another line's.
+    path = write(
+        tmp_path / "col.jsonl",
+        b'{"id": "col.jsonl:2", "prompt": "one"}',
+        b'{"id": "col.jsonl:2", "prompt": "two"}',
+        b'{"id": "col.jsonl:2", "prompt": "three"}',
+        b'{"id": "col.jsonl:3", "prompt": "four"}',
+    )
+    (tmp_path / "other").mkdir()
+    again = write(tmp_path / "other" / "col.jsonl", b'{"prompt": "five"}', b'{"prompt": "six"}')
+
+    items = list(InputFiles([path, again], MODEL, ids))
+
+    assert summary(items) == [
+        ("request", "col.jsonl:2", path, 1),
+        ("duplicate_custom_id", "col.jsonl:2#2", path, 2),
+        ("duplicate_custom_id", "col.jsonl:3", path, 3),
+        ("duplicate_custom_id", "col.jsonl:4", path, 4),
+        ("request", "col.jsonl:1", again, 1),
+        ("duplicate_custom_id", "col.jsonl:2#3", again, 2),
+    ]
+    four = items[3]
+    assert isinstance(four, InvalidLine)
+    assert four.message == f"custom_id 'col.jsonl:3' was already used at {path}:3"
+    # Line by line, as a slice of one line at a time would check them: the same ids.
+    one_by_one = IdStore()
+    try:
+        lines = [
+            parse_line(raw, file, number, MODEL)
+            for block in read_blocks([path, again])
+            for file, number, raw in block
+        ]
+        alone = [item for line in lines for item in reject_duplicates([line], one_by_one)]
+    finally:
+        one_by_one.close()
+    assert summary(alone) == summary(items)
 
 
 def test_utf8_bom_is_only_stripped_from_the_first_line(tmp_path: Path, ids: IdStore) -> None:
