@@ -25,7 +25,7 @@ from batchib.control import (
     EXIT_TERMINATED,
     RunControl,
 )
-from batchib.errors import BatchibError, ConfigError
+from batchib.errors import BatchibError, ConfigError, OutputError
 from batchib.lock import LockedError, OutputLock
 from batchib.pricing import PriceTable
 
@@ -534,12 +534,19 @@ def run(
             defaults=defaults,
             settings=settings,
         )
+        from batchib.runfiles import check_apart, check_writable
+
+        check_apart(job)
     if print_config:
         click.echo(orjson.dumps(_effective(job), option=orjson.OPT_INDENT_2).decode())
         return
     for name in inputs:
         if name != "-" and not Path(name).is_file():
             _fail(f"input {name} does not exist or is not a file")
+    try:
+        check_writable(job)
+    except OutputError as exc:
+        _fail(str(exc))
     show_progress = sys.stderr.isatty() if progress is None else progress
     # Without a bar (cron, pipes), a progress line every log_every_s instead.
     events = None

@@ -170,10 +170,6 @@ class Job:
             index, count = self.shard
             if not 1 <= index <= count:
                 raise ConfigError(f"--shard {index}/{count}: I must be between 1 and N")
-        output = self.output.resolve()
-        for name in self.inputs:
-            if name != "-" and Path(name).resolve() == output:
-                raise ConfigError(f"the output {self.output} is also an input")
 
     @property
     def summary_path(self) -> Path:

@@ -284,6 +284,54 @@ def test_bad_param_is_a_usage_error(param, sample, run_batchib, closed_port_url,
     assert not (tmp_path / "out.jsonl").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("-o", "r.jsonl", "--summary", "r.jsonl"), "--summary r.jsonl is also the output r.jsonl"),
+        (("-o", "r.jsonl", "--summary", "in.jsonl"), "--summary in.jsonl is also the input"),
+        (("-o", "r.jsonl", "--summary", "r.jsonl.lock"), "is also the output's lock"),
+        (("-o", "r.jsonl", "--usage-log", "in.jsonl"), "--usage-log in.jsonl is also the input"),
+        (("-o", "r.jsonl", "--usage-log", "r.jsonl.summary.json"), "is also --summary"),
+        (
+            (
+                "-o",
+                "in.jsonl",
+            ),
+            "the output in.jsonl is also the input",
+        ),
+    ],
+)
+def test_a_file_the_run_writes_may_not_be_another_it_writes_or_reads(
+    args, says, run_batchib, closed_port_url, tmp_path
+):
+    source = write_prompts(tmp_path / "in.jsonl", 3)
+    before = source.read_bytes()
+
+    run = run_batchib(source.name, *args, "--base-url", closed_port_url)
+
+    assert run.status == 2, run.stderr
+    assert says in run.stderr
+    assert source.read_bytes() == before
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("option", ["--summary", "--usage-log"])
+def test_a_summary_or_log_that_cannot_be_written_stops_the_run_before_it_sends(
+    option, run_batchib, start_recording_simulator, tmp_path
+):
+    gateway = start_recording_simulator()
+    source = write_prompts(tmp_path / "in.jsonl", 3)
+
+    run = run_batchib(
+        source, "-o", "r.jsonl", option, "missing-dir/s.json", "--base-url", gateway.url
+    )
+
+    assert run.status == 1, run.stderr
+    assert "missing-dir is not a directory" in run.stderr
+    assert gateway.requests == []
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 # --- stdin ------------------------------------------------------------------------------
 
 
