@@ -61,7 +61,10 @@ def torn_path(path: Path) -> Path:
 
 def set_aside_torn_tail(path: Path) -> int:
     """Move an unterminated last line (a write cut by a crash) to OUTPUT.torn and cut it
-    from the file; the number of bytes moved (0 when the file ends cleanly)."""
+    from the file; the number of bytes moved (0 when the file ends cleanly).
+
+    A last line that is a whole JSON object lost only its newline (a write cut just
+    before it, or an edit by hand): it is a record, kept, and the newline is added."""
     try:
         with open(path, "r+b") as stream:
             size = stream.seek(0, os.SEEK_END)
@@ -83,6 +86,11 @@ def set_aside_torn_tail(path: Path) -> int:
                 return 0
             stream.seek(position)
             tail = stream.read()
+            if _is_object(tail):
+                stream.write(b"\n")
+                stream.flush()
+                os.fsync(stream.fileno())
+                return 0
             with open_private_append(torn_path(path)) as torn:
                 torn.write(tail + b"\n")
                 torn.flush()
@@ -95,6 +103,14 @@ def set_aside_torn_tail(path: Path) -> int:
         return 0
     except OSError as exc:
         raise OutputError(f"cannot repair {path}: {exc.strerror}") from exc
+
+
+def _is_object(line: bytes) -> bool:
+    """Whether `line` is one whole JSON object (a proper prefix of one never is)."""
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 class ResultsFile:
