@@ -182,20 +182,29 @@ class Estimate:
         }
 
     def _wall_time_s(self, total: ModelEstimate) -> float | None:
-        """The slowest of the three limits: concurrency x latency, rpm, tpm."""
-        if not total.requests:
+        """The slowest of the limits. Concurrency: the requests go in waves of -c, each
+        taking the latency. A rate (rpm, or tpm at the tokens a request uses: prompt
+        plus the expected completion, else its cap): the last request starts (N - 1) /
+        rate after the first and takes the latency too."""
+        requests = total.requests
+        if not requests:
             return 0.0
         settings = self.settings
-        rates = [settings.concurrency / settings.latency_s]
+        latency = settings.latency_s
+        waves = math.ceil(requests / settings.concurrency) * latency
+        rates = []
         if settings.requests_per_minute:
             rates.append(settings.requests_per_minute / 60)
         if settings.tokens_per_minute:
-            per_request = (
-                total.prompt_tokens + (total.completion_max if not total.unbounded else 0)
-            ) / total.requests
+            if total.expected_known:
+                completion = total.completion_expected
+            else:
+                completion = 0 if total.unbounded else total.completion_max
+            per_request = (total.prompt_tokens + completion) / requests
             if per_request > 0:
                 rates.append(settings.tokens_per_minute / 60 / per_request)
-        return round(total.requests / min(rates), 1)
+        paced = (requests - 1) / min(rates) + latency if rates else 0.0
+        return round(max(waves, paced), 1)
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,34 @@ def test_wall_time_is_set_by_the_tightest_limit(tmp_path: Path) -> None:
     assert by_concurrency["total"]["wall_time_s"] == 60.0
 
 
+def test_wall_time_is_never_shorter_than_one_request(tmp_path: Path) -> None:
+    one = write_lines(tmp_path / "one.jsonl", {"prompt": "Hi", "model": "m"})
+    sixty = write_lines(tmp_path / "sixty.jsonl", *[{"prompt": "Hi", "model": "m"}] * 60)
+
+    _, alone, _ = estimate(tmp_path, one, "--latency", "10")
+    _, one_wave, _ = estimate(tmp_path, sixty, "--latency", "10", "-c", "100")
+    _, two_waves, _ = estimate(tmp_path, sixty, "--latency", "10", "-c", "59")
+
+    assert alone["total"]["wall_time_s"] == 10.0
+    assert one_wave["total"]["wall_time_s"] == 10.0
+    assert two_waves["total"]["wall_time_s"] == 20.0
+
+
+def test_wall_time_at_a_token_rate_counts_the_expected_replies(tmp_path: Path) -> None:
+    # No caps: without an expected length the replies count nothing; with 90 tokens
+    # expected, each request uses ten times the tokens, so the run takes ten times longer.
+    source = write_lines(tmp_path / "in.jsonl", *[{"prompt": "x" * 36, "model": "m"}] * 61)
+
+    _, unknown, _ = estimate(tmp_path, source, "--tpm", "600", "--latency", "0.1")
+    _, known, _ = estimate(
+        tmp_path, source, "--tpm", "600", "--latency", "0.1", "--expected-completion-tokens", "90"
+    )
+
+    prompt = unknown["total"]["prompt_tokens"] / 61
+    assert unknown["total"]["wall_time_s"] == round(60 * prompt / 10 + 0.1, 1)
+    assert known["total"]["wall_time_s"] == round(60 * (prompt + 90) / 10 + 0.1, 1)
+
+
 def test_estimate_brackets_the_cost_of_the_run_and_counts_prompts_like_the_gateway(
     tmp_path: Path,
     start_simulator: Any,
