@@ -55,9 +55,14 @@ def read_api_key(key_file: Path | None) -> ApiKey:
     """The key from --api-key-file, else the first of KEY_VARIABLES that is set."""
     if key_file is not None:
         try:
-            return ApiKey(key_file.read_text(encoding="utf-8"))
+            # utf-8-sig: a byte-order mark (an editor's) is not part of the key.
+            return ApiKey(key_file.read_text(encoding="utf-8-sig"))
         except OSError as exc:
             raise ConfigError(f"cannot read the API key file {key_file}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"cannot read the API key file {key_file}: not UTF-8 text (byte {exc.start})"
+            ) from None
         except ConfigError as exc:
             raise ConfigError(f"{key_file}: {exc}") from exc
     for name in KEY_VARIABLES:

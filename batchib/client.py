@@ -27,7 +27,7 @@ USER_AGENT = f"batchib/{__version__}"
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 # Bad key, key not allowed, payment required: every further request would fail alike.
 STOP_RUN_STATUSES = frozenset({401, 402, 403})
-REDACTED = b"[REDACTED]"
+REDACTED = "[REDACTED]"
 MIN_REDACTED_LEN = 8
 OUT_OF_CREDIT_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted"})
 MAX_MESSAGE_CHARS = 500
@@ -86,6 +86,56 @@ def classify(
     return Verdict.GIVE_UP, code, message, None
 
 
+class Scrubber:
+    """Cuts the key out of a gateway's answer: its body (the raw bytes, and the strings
+    JSON escapes could have hidden from them) and its request id.
+
+    A gateway may echo the key, in an error message say, and may escape it as it does
+    (``\\/`` for ``/``, ``\\u0041`` for ``A``). Without a backslash in the answer, the
+    bytes are what its strings decode to, and one search of them settles it. With one,
+    the parsed body is written again the way orjson writes (nothing escaped but ``"``,
+    ``\\`` and control characters) and searched for the key written so; only a body
+    that holds the key is walked. Very short keys would match ordinary text and are left
+    alone.
+    """
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret if len(secret) >= MIN_REDACTED_LEN else None
+        self._raw = secret.encode()
+        self._written = orjson.dumps(secret)[1:-1]  # as orjson writes it inside a string
+
+    def raw(self, raw: bytes) -> bytes:
+        if self.secret is None or self._raw not in raw:
+            return raw
+        return raw.replace(self._raw, REDACTED.encode())
+
+    def body(self, raw: bytes, body: dict[str, Any] | None) -> dict[str, Any] | None:
+        """`body` parsed from `raw` (already through :meth:`raw`), without the key."""
+        if self.secret is None or body is None or b"\\" not in raw:
+            return body
+        if self._written not in orjson.dumps(body):
+            return body
+        scrubbed = _replace_in(body, self.secret)
+        assert isinstance(scrubbed, dict)
+        return scrubbed
+
+    def text(self, value: str | None) -> str | None:
+        if self.secret is None or value is None or self.secret not in value:
+            return value
+        return value.replace(self.secret, REDACTED)
+
+
+def _replace_in(value: Any, secret: str) -> Any:
+    """`value` (decoded JSON) with `secret` replaced in every string, keys included."""
+    if isinstance(value, str):
+        return value.replace(secret, REDACTED) if secret in value else value
+    if isinstance(value, dict):
+        return {_replace_in(k, secret): _replace_in(v, secret) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_in(item, secret) for item in value]
+    return value
+
+
 def _parse_json(raw: bytes) -> dict[str, Any] | None:
     try:
         value = orjson.loads(raw)
@@ -100,10 +150,9 @@ class GatewayClient:
     def __init__(self, session: aiohttp.ClientSession, url: str, secret: str) -> None:
         self._session = session
         self._url = url
-        # A gateway may echo the key in an error message; it is cut out of every answer
-        # here, once, so no result, summary or message downstream can carry it. Very
-        # short keys would match ordinary text and are left alone.
-        self._secret = secret.encode() if len(secret) >= MIN_REDACTED_LEN else None
+        # Cut out of every answer here, once, so that no result, summary or message
+        # downstream can carry the key.
+        self._scrub = Scrubber(secret)
 
     async def send(self, body_bytes: bytes) -> Reply:
         """One attempt. Never raises for network or HTTP failures: they are Replies."""
@@ -118,16 +167,15 @@ class GatewayClient:
             # The exception text names the host and the failure, never headers.
             return self._no_answer(started, "connection_error", f"{type(exc).__name__}: {exc}")
         latency_ms = (time.perf_counter() - started) * 1000
-        if self._secret is not None and self._secret in raw:
-            raw = raw.replace(self._secret, REDACTED)
-        body = _parse_json(raw)
+        raw = self._scrub.raw(raw)
+        body = self._scrub.body(raw, _parse_json(raw))
         text = "" if body is not None else raw[:MAX_MESSAGE_CHARS].decode("utf-8", "replace")
         verdict, code, message, wait_s = classify(status, headers, body, text, time.time())
         return Reply(
             verdict=verdict,
             status=status,
             body=body,
-            request_id=headers.get("x-request-id"),
+            request_id=self._scrub.text(headers.get("x-request-id")),
             code=code,
             message=message,
             retry_after_s=wait_s,

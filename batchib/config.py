@@ -28,6 +28,13 @@ class ApiKey:
             raise ConfigError("the API key is empty")
         if any(ch.isspace() for ch in value):
             raise ConfigError("the API key contains whitespace")
+        # What an HTTP header can carry as it is; the position, never the character.
+        for position, ch in enumerate(value, start=1):
+            if not "!" <= ch <= "~":
+                raise ConfigError(
+                    f"the API key has a character an HTTP header cannot carry (a control "
+                    f"or non-ASCII character) at position {position}"
+                )
         self._value = value
 
     def reveal(self) -> str:

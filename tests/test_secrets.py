@@ -87,7 +87,7 @@ def test_key_file_is_used_and_its_content_never_written(
 ):
     gateway = start_recording_simulator()
     key_file = tmp_path / "key.txt"
-    key_file.write_text(f"{api_key}\n")
+    key_file.write_bytes(f"\ufeff{api_key}\r\n".encode())  # as Notepad saves it
 
     run = run_batchib(
         *run_args(sample("batch_api.jsonl"), gateway.url, "--api-key-file", str(key_file)),
@@ -97,6 +97,38 @@ def test_key_file_is_used_and_its_content_never_written(
     assert run.status == 0, run.stderr
     assert {r.headers["authorization"] for r in gateway.requests} == {f"Bearer {api_key}"}
     assert_key_nowhere(api_key, run, tmp_path, exclude=key_file)
+
+
+@pytest.mark.parametrize("bad", ["\x01", "\x7f", "\u00e9", "\ufeff"])
+def test_a_key_no_header_can_carry_is_refused_before_anything_starts(
+    bad, sample, run_batchib, closed_port_url, api_key, tmp_path
+):
+    key = f"{api_key[:10]}{bad}{api_key[10:]}"
+
+    run = run_batchib(*run_args(sample("batch_api.jsonl"), closed_port_url), key=key)
+
+    assert run.status == 1
+    assert "at position 11" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+    assert_key_nowhere(api_key[10:], run, tmp_path)
+
+
+def test_a_key_file_that_is_not_utf8_is_refused_without_a_traceback(
+    sample, run_batchib, closed_port_url, api_key, tmp_path
+):
+    key_file = tmp_path / "key.txt"
+    key_file.write_bytes(api_key.encode("utf-16"))
+
+    run = run_batchib(
+        *run_args(sample("batch_api.jsonl"), closed_port_url, "--api-key-file", str(key_file)),
+        key=None,
+    )
+
+    assert run.status == 1
+    assert f"cannot read the API key file {key_file}: not UTF-8 text" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_key_file_wins_over_the_environment(
@@ -158,6 +190,56 @@ def test_key_echoed_in_a_rejection_is_kept_out_of_summary_and_stderr(
     run = run_batchib(*run_args(sample("batch_api.jsonl"), url))
 
     assert run.status == 1, run.stderr
+    assert_key_nowhere(api_key, run, tmp_path)
+
+
+def escaping_gateway(status: int) -> web.Application:
+    """A gateway that writes the key back JSON-escaped (every other character as \\uXXXX,
+    as json_encode escapes `/`) in its body, and plainly in its request id header."""
+
+    async def answer(request: web.Request) -> web.Response:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        escaped = "".join(f"\\u{ord(c):04x}" if i % 2 else c for i, c in enumerate(key))
+        if status == 200:
+            text = (
+                '{"id": "chatcmpl-1", "object": "chat.completion", "created": 1, '
+                f'"model": "{MODEL}", "choices": [{{"index": 0, "finish_reason": "stop", '
+                f'"message": {{"role": "assistant", "content": "You sent {escaped}"}}}}], '
+                f'"usage": {{"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}, '
+                f'"echo": {{"{escaped}": ["{escaped}"]}}}}'
+            )
+        else:
+            text = f'{{"error": {{"message": "Key {escaped} is not valid", "code": "echoed"}}}}'
+        return web.Response(
+            text=text,
+            status=status,
+            content_type="application/json",
+            headers={"x-request-id": f"req_{key}"},
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    return app
+
+
+@pytest.mark.parametrize(("status", "exit_status"), [(200, 0), (400, 3), (401, 1)])
+def test_key_echoed_json_escaped_or_in_the_request_id_is_redacted(
+    status, exit_status, sample, run_batchib, start_app, api_key, tmp_path
+):
+    url = start_app(escaping_gateway(status))
+
+    run = run_batchib(*run_args(sample("batch_api.jsonl"), url, "--log-format", "json"))
+
+    assert run.status == exit_status, run.stderr
+    records = run.records()
+    assert records
+    assert {r["response"]["request_id"] for r in records} == {"req_[REDACTED]"}
+    if status == 200:
+        body = records[0]["response"]["body"]
+        assert body["choices"][0]["message"]["content"] == "You sent [REDACTED]"
+        assert body["echo"] == {"[REDACTED]": ["[REDACTED]"]}
+    else:
+        assert records[0]["response"]["body"]["error"]["message"] == "Key [REDACTED] is not valid"
     assert_key_nowhere(api_key, run, tmp_path)
 
 
