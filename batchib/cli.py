@@ -37,9 +37,24 @@ from batchib.version import __version__
 KEY_VARIABLES = ("BATCHIB_API_KEY", "INFINITYBLUE_API_KEY", "OPENAI_API_KEY")
 
 
+# Set in the click context's meta by `run --log-format json`: every message on stderr is
+# then one JSON object, like the start, progress and end events.
+JSON_MESSAGES = "batchib.json_messages"
+
+
 def _fail(message: str, status: int = EXIT_ABORTED) -> NoReturn:
-    click.echo(f"batchib: error: {message}", err=True)
+    _say("error", message, f"batchib: error: {message}", exit_status=status)
     sys.exit(status)
+
+
+def _say(event: str, message: str, text: str, **fields: Any) -> None:
+    """A message on stderr: `text`, or the event as a JSON object in json log mode."""
+    context = click.get_current_context(silent=True)
+    if context is not None and context.meta.get(JSON_MESSAGES):
+        from batchib.eventlog import json_line
+
+        text = json_line(event, {"message": message, **fields})
+    click.echo(text, err=True)
 
 
 @contextlib.contextmanager
@@ -123,6 +138,19 @@ class _LazyGroup(click.Group):
             command: click.Command = getattr(importlib.import_module(module), name)
             return command
         return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """The command, with Ctrl-C outside a run's own handling (start-up, waiting for
+        the lock) an interruption (exit 130), not click's "Aborted!" (exit 1), and in
+        json log mode a usage error found after the options were read a JSON event."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _fail("interrupted", EXIT_INTERRUPTED)
+        except click.ClickException as exc:
+            if not ctx.meta.get(JSON_MESSAGES):
+                raise
+            _fail(exc.format_message(), exc.exit_code)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # The listing uses the lazy commands' one-line help, without importing them.
@@ -482,6 +510,8 @@ def run(
     75 another run holds OUTPUT, 130/143 interrupted. Interrupted and aborted runs
     resume when rerun.
     """
+    if log_format == "json":
+        click.get_current_context().meta[JSON_MESSAGES] = True
     with _usage_errors():
         defaults = RequestDefaults(
             model=model,
@@ -621,13 +651,13 @@ async def _run(
 def _signals_stop(control: RunControl, grace_s: float) -> Iterator[None]:
     def on_signal(exit_status: int) -> None:
         if control.stopping:
-            click.echo("\nbatchib: stopping now", err=True)
+            message = "stopping now"
         else:
-            click.echo(
-                f"\nbatchib: interrupted: requests in flight may finish for up to {grace_s:g} s; "
-                "interrupt again to stop at once",
-                err=True,
+            message = (
+                f"interrupted: requests in flight may finish for up to {grace_s:g} s; "
+                "interrupt again to stop at once"
             )
+        _say("interrupt", message, f"\nbatchib: {message}", exit_status=exit_status)
         control.interrupt(exit_status)
 
     loop = asyncio.get_running_loop()

@@ -15,6 +15,11 @@ from batchib.summary import utc_now
 from batchib.usage import RunStats
 
 
+def json_line(event: str, fields: dict[str, Any]) -> str:
+    """One event as `--log-format json` writes it."""
+    return orjson.dumps({"event": event, "time": utc_now(), **fields}).decode()
+
+
 class EventLog:
     def __init__(self, log_format: str, every_s: float, stream: TextIO | None = None) -> None:
         self._json = log_format == "json"
@@ -24,10 +29,7 @@ class EventLog:
         self._started = time.monotonic()
 
     def _emit(self, event: str, text: str, fields: dict[str, Any]) -> None:
-        if self._json:
-            line = orjson.dumps({"event": event, "time": utc_now(), **fields}).decode()
-        else:
-            line = f"batchib: {text}"
+        line = json_line(event, fields) if self._json else f"batchib: {text}"
         print(line, file=self._stream, flush=True)
 
     def start(self, fields: dict[str, Any]) -> None:

@@ -29,18 +29,26 @@ NO_REQUESTS = {"-h", "--help", "--dry-run", "--print-config"}
 
 def main() -> NoReturn:
     parser: Parser | None = None
-    if sys.argv[1:2] == ["run"] and not NO_REQUESTS.intersection(sys.argv[2:]):
-        from batchib import parseproc
+    try:
+        if sys.argv[1:2] == ["run"] and not NO_REQUESTS.intersection(sys.argv[2:]):
+            from batchib import parseproc
 
-        # The one environment read outside the CLI: the process starts before it.
-        if parseproc.wanted(os.environ.get("BATCHIB_PARSER"), parseproc.usable_cpus()):
-            try:
-                parser = parseproc.spawn_parser()
-            except OSError:  # no process to be had: parse on the loop, as with one CPU
-                parser = None
-        from batchib.cacerts import import_aiohttp
+            # The one environment read outside the CLI: the process starts before it.
+            if parseproc.wanted(os.environ.get("BATCHIB_PARSER"), parseproc.usable_cpus()):
+                try:
+                    parser = parseproc.spawn_parser()
+                except OSError:  # no process to be had: parse on the loop, as with one CPU
+                    parser = None
+            from batchib.cacerts import import_aiohttp
 
-        import_aiohttp()
-    from batchib.cli import console_main
+            import_aiohttp()
+        from batchib.cli import console_main
+    except KeyboardInterrupt:
+        # Ctrl-C while starting: nothing is open yet. (The parser process, if any, ends
+        # when its pipe closes with this process.) As the CLI says it, not a traceback.
+        from batchib.control import EXIT_INTERRUPTED
+
+        print("batchib: error: interrupted", file=sys.stderr, flush=True)
+        os._exit(EXIT_INTERRUPTED)
 
     console_main(parser)

@@ -3,9 +3,11 @@ and a lock left by a killed run never blocks."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,6 +78,80 @@ def test_wait_lock_waits_for_the_holder_then_runs(
     assert second.returncode == 0, stderr.decode()
     # The second run started after the first finished: everything was already done.
     assert b"100 already done" in stderr
+
+
+def waiting_for_a_lock(pid: int, timeout_s: float = 30) -> bool:
+    """Whether process `pid` comes to be blocked on a lock (a "->" line of /proc/locks)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with open("/proc/locks") as locks:
+            if any("->" in line and f" {pid} " in line for line in locks):
+                return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_ctrl_c_while_waiting_for_the_lock_is_an_interruption(
+    log_format: str,
+    tmp_path: Path,
+    start_app: Callable[[web.Application], str],
+    api_key: str,
+) -> None:
+    write_prompts(tmp_path / "in.jsonl")
+    gateway = CountingGateway(latency_ms=200, wake_at=1)
+    url = start_app(gateway.app)
+    first = start_cli(tmp_path, url, api_key)
+    assert gateway.reached.wait(timeout=30)
+    second = start_cli(tmp_path, url, api_key, "--wait-lock", "--log-format", log_format)
+    assert waiting_for_a_lock(second.pid)
+
+    second.send_signal(signal.SIGINT)
+    _, stderr = second.communicate(timeout=30)
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=30)
+
+    assert second.returncode == 130, stderr.decode()
+    if log_format == "json":
+        [event] = [json.loads(line) for line in stderr.decode().splitlines()]
+        assert (event["event"], event["message"], event["exit_status"]) == (
+            "error",
+            "interrupted",
+            130,
+        )
+    else:
+        assert stderr.decode() == "batchib: error: interrupted\n"
+
+
+def test_in_json_log_mode_a_refusal_is_a_json_event(
+    tmp_path: Path,
+    start_app: Callable[[web.Application], str],
+    run_batchib: Callable[..., CliRun],
+    api_key: str,
+) -> None:
+    write_prompts(tmp_path / "in.jsonl")
+    gateway = CountingGateway(latency_ms=200, wake_at=1)
+    url = start_app(gateway.app)
+    first = start_cli(tmp_path, url, api_key)
+    assert gateway.reached.wait(timeout=30)
+
+    locked = run_batchib(
+        "in.jsonl", "-o", "out.jsonl", "--model", "gpt-5.4", "--base-url", url,
+        "--log-format", "json",
+    )  # fmt: skip
+    mixed = run_batchib(
+        "in.jsonl", "-o", "other.jsonl", "--model", "gpt-5.4", "--base-url", url,
+        "--log-format", "json", "--summary", "in.jsonl",
+    )  # fmt: skip
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=30)
+
+    [event] = [json.loads(line) for line in locked.stderr.splitlines()]
+    assert (event["event"], event["exit_status"], locked.status) == ("error", 75, 75)
+    assert f"pid {first.pid}" in event["message"]
+    [event] = [json.loads(line) for line in mixed.stderr.splitlines()]
+    assert (event["event"], event["exit_status"], mixed.status) == ("error", 2, 2)
+    assert "--summary in.jsonl is also the input" in event["message"]
 
 
 def test_a_lock_left_by_a_killed_run_does_not_block(

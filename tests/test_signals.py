@@ -111,13 +111,14 @@ def test_signal_writes_what_finished_and_a_rerun_sends_only_the_rest(
     assert summary(tmp_path)["counts"]["skipped_already_done"] == len(first)
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 def test_a_second_sigint_cancels_requests_in_flight_at_once(
-    tmp_path: Path, start_app: Callable[[web.Application], str], api_key: str
+    log_format: str, tmp_path: Path, start_app: Callable[[web.Application], str], api_key: str
 ) -> None:
     write_prompts(tmp_path / "in.jsonl")
     gateway = CountingGateway(latency_ms=60_000, wake_at=4)
     url = start_app(gateway.app)
-    process = start_run(tmp_path, url, api_key, "--grace", "600")
+    process = start_run(tmp_path, url, api_key, "--grace", "600", "--log-format", log_format)
     assert gateway.reached.wait(timeout=30)
     watchdog = threading.Timer(30, process.kill)
     watchdog.start()
@@ -132,6 +133,10 @@ def test_a_second_sigint_cancels_requests_in_flight_at_once(
 
     assert process.returncode == 130, stderr.decode()
     assert b"stopping now" in stderr
+    if log_format == "json":  # every line an event, the interruptions too
+        events = [json.loads(line) for line in stderr.splitlines()]
+        assert [e["event"] for e in events] == ["interrupt", "end"]
+        assert events[0]["message"] == "stopping now"
     assert read_jsonl(tmp_path / "out.jsonl") == []
     assert summary(tmp_path)["counts"]["succeeded"] == 0
 
