@@ -2,11 +2,11 @@
 
     BatchibError              anything that makes a whole run pointless
     ├── ConfigError           settings or options that cannot work
-    ├── InputError            an input file cannot be read
     └── OutputError           the results or summary file cannot be written
 
 A request that fails after its retries is not an exception: it is a result with an
-error, written to the output like any other.
+error, written to the output like any other. Nor is an input that cannot be read once
+the run has started: it stops the run as a fatal answer does (the summary says why).
 """
 
 
@@ -20,7 +20,3 @@ class ConfigError(BatchibError):
 
 class OutputError(BatchibError):
     """The results, summary or ledger file cannot be written."""
-
-
-class InputError(BatchibError):
-    """An input file cannot be read (bad lines are not errors: they become records)."""

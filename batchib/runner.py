@@ -35,7 +35,7 @@ from batchib.control import (
 )
 from batchib.eagerwrite import NEEDED as EAGER_WRITES_NEEDED
 from batchib.eagerwrite import SpareTime, eager_writes
-from batchib.errors import BatchibError, InputError
+from batchib.errors import BatchibError
 from batchib.inputs import InvalidLine, Request
 from batchib.limits import Limits
 from batchib.ordering import CompletionOrder, InputOrder, RecordSink
@@ -118,6 +118,15 @@ def _breaker_stop(trip: Trip) -> Stop:
     )
 
 
+def _input_stop(exc: OSError) -> Stop:
+    return Stop(
+        code="input_error",
+        message=f"cannot read the input: {exc}; stopped sending, the rest is left for a rerun",
+        exit_status=EXIT_ABORTED,
+        cancels_in_flight=False,
+    )
+
+
 def _budget_stop(reason: str) -> Stop:
     return Stop(
         code="budget",
@@ -169,6 +178,8 @@ class _Pipeline:
         # Set with the error when recording a batch fails (from a loop callback, which
         # cannot raise to anyone): a task of the run awaits it and ends the run.
         self.settle_failed: asyncio.Future[None] | None = None
+        # Set when an input cannot be read: the stop, made once the rest is done.
+        self.input_failure: Stop | None = None
 
     async def run(self, source: Source) -> None:
         queue: Queue = WorkQueue(self.settings.concurrency * 2)
@@ -214,7 +225,10 @@ class _Pipeline:
                 else:
                     block = source.read_block()
             except OSError as exc:
-                raise InputError(f"cannot read the input: {exc}") from exc
+                # What was read is still sent; then the run stops as for a fatal answer:
+                # the summary says why, and a rerun continues.
+                self.input_failure = _input_stop(exc)
+                break
             if not block:
                 self.stats.input_complete = True
                 break
@@ -481,6 +495,8 @@ async def run_batch(
                     first = first.exceptions[0]
                 raise first from group
             raise
+    if pipeline.input_failure is not None:
+        control.request_stop(pipeline.input_failure)
     pipeline.stats.reorder_window_full = pipeline.order.window_full
     return RunOutcome(
         pipeline.stats, control.stop, time.perf_counter() - started, pipeline.limits.current()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from batchib.parseproc import usable_cpus, wanted
 from batchib.simulator import SimulatorSettings
 from batchib.version import __version__
 
@@ -330,6 +331,32 @@ def test_a_summary_or_log_that_cannot_be_written_stops_the_run_before_it_sends(
     assert "missing-dir is not a directory" in run.stderr
     assert gateway.requests == []
     assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("parser", ["inline", "process"])
+def test_an_input_that_fails_mid_run_sends_what_was_read_then_stops_with_a_summary(
+    parser, run_batchib, start_recording_simulator, tmp_path
+):
+    if parser == "process" and not wanted(None, usable_cpus()):
+        pytest.skip("the parser process runs on Linux with 2+ CPUs")
+    gateway = start_recording_simulator()
+    good = write_prompts(tmp_path / "good.jsonl", 10)
+    # /proc/self/mem: a regular file whose reading fails (EIO), after the good lines.
+    args = ("-o", "out.jsonl", "--model", MODEL, "--base-url", gateway.url)
+
+    run = run_batchib(good, "/proc/self/mem", *args, env={"BATCHIB_PARSER": parser})
+    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
+    rerun = run_batchib(good, *args)
+
+    assert run.status == 1, run.stderr
+    assert "cannot read the input" in run.stderr
+    assert summary["stop"]["code"] == "input_error"
+    assert summary["status"] == "stopped"
+    assert summary["counts"]["succeeded"] == 10
+    assert summary["counts"]["input_complete"] is False
+    assert summary["input_parser"]["where"] == ("process" if parser == "process" else "event loop")
+    assert rerun.status == 0, rerun.stderr
+    assert len(gateway.requests) == 10
 
 
 # --- stdin ------------------------------------------------------------------------------
