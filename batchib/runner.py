@@ -382,7 +382,15 @@ class _Pipeline:
             attempt += 1
             if BODY_WRITTEN_AT_ONCE and self.unsettled:
                 self.settle_batch()  # see settle_batch: records before the next body
-            reply = await self.client.send(request.body_bytes)
+            try:
+                reply = await self.client.send(request.body_bytes)
+            except asyncio.CancelledError:
+                # The grace period is over: the request may have reached the gateway.
+                self.stats.attempts += 1
+                self.stats.cancelled_in_flight += 1
+                if reservation is not None and self.budget is not None:
+                    self.budget.settle(reservation, answered=False, served_model=None, usage=None)
+                raise
             last = reply
             if reservation is not None and self.budget is not None:
                 served = reply.body.get("model") if reply.body else None

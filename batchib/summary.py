@@ -68,7 +68,12 @@ def format_table(summary: dict[str, Any]) -> str:
         f"in {summary['wall_time_s']:.1f} s",
         f"  requests   {counts['succeeded']} succeeded, {counts['failed']} failed, "
         f"{counts['invalid_lines']} invalid lines, {counts['skipped_already_done']} already done, "
-        f"{counts['not_sent']} not sent",
+        f"{counts['not_sent']} not sent"
+        + (
+            f", {counts['cancelled_in_flight']} cut off in flight (may be billed, no result)"
+            if counts.get("cancelled_in_flight")
+            else ""
+        ),
         f"  attempts   {summary['attempts']} ({summary['retries']} retries, "
         f"{summary['rate_limited_429']} rate-limited)",
         f"  tokens     {usage['total']['prompt_tokens']} prompt + "

@@ -122,6 +122,9 @@ class RunStats:
     failed: int = 0
     attempts: int = 0
     retries: int = 0
+    # Requests whose attempt was under way when the grace period ended and was cut off:
+    # it may have reached the gateway (and be billed), but has no result.
+    cancelled_in_flight: int = 0
     rate_limited: int = 0  # 429 answers, any attempt
     # Offline estimate of the prompts that got a usage back: compare to usage totals.
     estimated_prompt_tokens: int = 0
@@ -153,8 +156,8 @@ class RunStats:
 
     @property
     def not_sent(self) -> int:
-        """Requests taken from the input that got no result (stopped or interrupted)."""
-        return self.queued - self.finished
+        """Requests taken from the input that were never sent (stopped or interrupted)."""
+        return self.queued - self.finished - self.cancelled_in_flight
 
     def add_success(
         self,
@@ -219,6 +222,7 @@ def summarise(stats: RunStats, wall_time_s: float) -> dict[str, Any]:
             "sent": stats.finished,
             "succeeded": stats.succeeded,
             "failed": stats.failed,
+            "cancelled_in_flight": stats.cancelled_in_flight,
             "not_sent": stats.not_sent,
             "input_complete": stats.input_complete,
         },

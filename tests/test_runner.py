@@ -263,7 +263,8 @@ def test_interrupt_cancels_hung_requests_after_the_grace_period() -> None:
     assert outcome.exit_status == 130
     assert sink.records == []
     assert len(gateway.received) == 3
-    assert outcome.stats.not_sent == outcome.stats.queued
+    assert outcome.stats.cancelled_in_flight == outcome.stats.attempts == 3
+    assert outcome.stats.not_sent == outcome.stats.queued - 3
     assert not outcome.stats.input_complete
 
 

@@ -118,7 +118,10 @@ def test_a_second_sigint_cancels_requests_in_flight_at_once(
     write_prompts(tmp_path / "in.jsonl")
     gateway = CountingGateway(latency_ms=60_000, wake_at=4)
     url = start_app(gateway.app)
-    process = start_run(tmp_path, url, api_key, "--grace", "600", "--log-format", log_format)
+    process = start_run(
+        tmp_path, url, api_key, "--grace", "600", "--log-format", log_format,
+        "--max-total-tokens", "10000000", "--max-tokens", "50",
+    )  # fmt: skip
     assert gateway.reached.wait(timeout=30)
     watchdog = threading.Timer(30, process.kill)
     watchdog.start()
@@ -138,7 +141,13 @@ def test_a_second_sigint_cancels_requests_in_flight_at_once(
         assert [e["event"] for e in events] == ["interrupt", "end"]
         assert events[0]["message"] == "stopping now"
     assert read_jsonl(tmp_path / "out.jsonl") == []
-    assert summary(tmp_path)["counts"]["succeeded"] == 0
+    figures = summary(tmp_path)
+    counts = figures["counts"]
+    # The four cut off were sent: counted so, and their worst case spent from the budget.
+    assert len(gateway.received) == 4
+    assert (counts["succeeded"], counts["cancelled_in_flight"], figures["attempts"]) == (0, 4, 4)
+    assert counts["not_sent"] == counts["lines"] - 4
+    assert figures["budget"]["spent_tokens"] > 4 * 50
 
 
 def test_kill_9_loses_nothing_written_and_a_rerun_resends_only_what_was_in_flight(

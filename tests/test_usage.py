@@ -265,6 +265,7 @@ def test_summarise_counts_what_was_read_sent_and_not_sent() -> None:
         "sent": 6,
         "succeeded": 4,
         "failed": 2,
+        "cancelled_in_flight": 0,
         "not_sent": 2,
         "input_complete": True,
     }
