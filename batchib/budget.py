@@ -8,8 +8,9 @@ what is in flight, and exits 4; a rerun with a larger budget continues.
 
 The guarantee needs a cap on every request (the line's own, or `--max-tokens`) and a
 price for every requested model; a request without either stops the run instead of
-being guessed at. An attempt that got no answer (a timeout, a dropped connection) may
-have been billed, so its reservation is kept as spent.
+being guessed at. An attempt that got no answer (a timeout, a dropped connection), or a
+2xx answer without a usage to charge (none sent, a body cut off), may have been billed,
+so its reservation is kept as spent.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchib.pricing import PriceTable
+from batchib.reply import is_billed
 from batchib.tokens import max_completion_tokens
 
 
@@ -103,17 +105,19 @@ class Budget:
     def settle(
         self,
         reservation: Reservation,
-        answered: bool,
+        status: int | None,
         served_model: str | None,
         usage: dict[str, Any] | None,
     ) -> None:
-        """Replace a reservation by what was charged."""
+        """Replace a reservation by what was charged: the `usage` of an answer with
+        HTTP `status` (None: no answer)."""
         self._settled.set()
         self._open -= 1
         self.reserved_usd = max(0.0, self.reserved_usd - reservation.usd) if self._open else 0.0
         self.reserved_tokens -= reservation.tokens
-        if not answered:
-            # No answer: it may have been billed in full. Count the worst case.
+        if status is None or (is_billed(status) and usage is None):
+            # No answer, or a 2xx that does not say what it used (no usage, a body cut
+            # off): it may have been billed in full. Count the worst case.
             self.spent_usd += reservation.usd
             self.spent_tokens += reservation.tokens
             return

@@ -12,6 +12,11 @@ from typing import Any
 from batchib.ratelimit_headers import RateLimitHeaders
 
 
+def is_billed(status: int) -> bool:
+    """Whether an answer with this HTTP status is billed: a 2xx. (An error is not.)"""
+    return 200 <= status < 300
+
+
 class Verdict(enum.Enum):
     SUCCESS = "success"
     RETRY = "retry"  # this attempt failed; another may succeed
@@ -45,3 +50,17 @@ class Reply:
     def rate_limited(self) -> bool:
         """A 429 that is a rate limit (not an exhausted account)."""
         return self.status == 429 and self.verdict is not Verdict.STOP_RUN
+
+    def billed_usage(self) -> dict[str, Any] | None:
+        """The usage of a 2xx answer, when it says what it used (whole token counts);
+        None for an error, no answer, or a 2xx that does not say."""
+        if self.status is None or not is_billed(self.status) or self.body is None:
+            return None
+        usage = self.body.get("usage")
+        if not isinstance(usage, dict):
+            return None
+        for name in ("prompt_tokens", "completion_tokens"):
+            count = usage.get(name)
+            if type(count) is not int or count < 0:
+                return None
+        return usage

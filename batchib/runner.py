@@ -40,7 +40,7 @@ from batchib.inputs import InvalidLine, Request
 from batchib.limits import Limits
 from batchib.ordering import CompletionOrder, InputOrder, RecordSink
 from batchib.pricing import PriceTable, Spend
-from batchib.reply import Reply, Verdict
+from batchib.reply import Reply, Verdict, is_billed
 from batchib.results import invalid_record, request_record
 from batchib.retry import backoff_s
 from batchib.source import PARSE_BATCH, ItemsInMemory, Source
@@ -389,21 +389,19 @@ class _Pipeline:
                 self.stats.attempts += 1
                 self.stats.cancelled_in_flight += 1
                 if reservation is not None and self.budget is not None:
-                    self.budget.settle(reservation, answered=False, served_model=None, usage=None)
+                    self.budget.settle(reservation, None, served_model=None, usage=None)
                 raise
             last = reply
+            usage = reply.billed_usage()
+            if usage is None and reply.status is not None and is_billed(reply.status):
+                self.stats.answers_without_usage += 1
             if reservation is not None and self.budget is not None:
                 served = reply.body.get("model") if reply.body else None
-                usage = (
-                    reply.body.get("usage")
-                    if reply.verdict is Verdict.SUCCESS and reply.body
-                    else None
-                )
                 self.budget.settle(
                     reservation,
-                    answered=reply.status is not None,
+                    reply.status,
                     served_model=served if isinstance(served, str) else None,
-                    usage=usage if isinstance(usage, dict) else None,
+                    usage=usage,
                 )
             self.limits.observe(ticket, reply, request.completion_cap)
             self.stats.attempts += 1

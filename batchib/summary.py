@@ -95,6 +95,11 @@ def format_table(summary: dict[str, Any]) -> str:
             f"  cost       ${cost['usd']:.4f}"
             + (f" + unpriced: {unpriced} (tokens above)" if unpriced else "")
         )
+    if summary.get("answers_without_usage"):
+        lines.append(
+            f"  no usage   {summary['answers_without_usage']} answers (2xx) did not say what "
+            "they used: tokens and cost above are short of what was billed"
+        )
     throughput = summary["throughput"]
     lines.append(
         f"  throughput {throughput['requests_per_s']} req/s, {throughput['tokens_per_s']} tokens/s"

@@ -125,6 +125,9 @@ class RunStats:
     # Requests whose attempt was under way when the grace period ended and was cut off:
     # it may have reached the gateway (and be billed), but has no result.
     cancelled_in_flight: int = 0
+    # 2xx answers (any attempt) that did not say what they used: no usage, or a body cut
+    # off. Billed, most likely, for an amount nobody knows: the cost is then incomplete.
+    answers_without_usage: int = 0
     rate_limited: int = 0  # 429 answers, any attempt
     # Offline estimate of the prompts that got a usage back: compare to usage totals.
     estimated_prompt_tokens: int = 0
@@ -243,7 +246,8 @@ def summarise(stats: RunStats, wall_time_s: float) -> dict[str, Any]:
             "prompt_tokens_reported": stats.total.prompt_tokens,
             "requests_by_counter": dict(stats.estimated_with.most_common()),
         },
-        "cost": None if stats.spend is None else stats.spend.as_dict(),
+        "answers_without_usage": stats.answers_without_usage,
+        "cost": None if stats.spend is None else _cost(stats),
         "finish_reasons": dict(stats.finish_reasons.most_common()),
         "latency_ms": stats.latency.as_dict(),
         "throughput": {
@@ -252,3 +256,11 @@ def summarise(stats: RunStats, wall_time_s: float) -> dict[str, Any]:
         },
         "wall_time_s": round(wall_time_s, 3),
     }
+
+
+def _cost(stats: RunStats) -> dict[str, Any]:
+    assert stats.spend is not None
+    cost = stats.spend.as_dict()
+    # A 2xx that said nothing of its usage was likely billed: the sum cannot be complete.
+    cost["complete"] = cost["complete"] and not stats.answers_without_usage
+    return cost

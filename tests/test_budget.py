@@ -94,10 +94,10 @@ def test_token_budget_reserves_prompt_plus_cap() -> None:
     assert first == second == Reservation(usd=0.0, tokens=50)
     assert isinstance(third, str) and "token budget" in third
     assert isinstance(first, Reservation)
-    budget.settle(first, answered=True, served_model="m", usage={"total_tokens": 15})
+    budget.settle(first, 200, served_model="m", usage={"total_tokens": 15})
     assert budget.spent_tokens == 15
     assert isinstance(budget.reserve("m", body, 10), str)  # 15 + 50 in flight + 50 > 100
-    budget.settle(second, answered=True, served_model="m", usage={"total_tokens": 15})
+    budget.settle(second, 200, served_model="m", usage={"total_tokens": 15})
     assert budget.reserve("m", body, 10) == Reservation(usd=0.0, tokens=50)  # 30 + 50
 
 
@@ -107,6 +107,19 @@ def test_an_attempt_without_an_answer_counts_its_worst_case() -> None:
     reservation = budget.reserve("m", {"max_tokens": 1000}, 1000)
     assert not isinstance(reservation, str)
 
-    budget.settle(reservation, answered=False, served_model=None, usage=None)
+    budget.settle(reservation, None, served_model=None, usage=None)
 
     assert budget.spent_usd == pytest.approx(2000 / 1e6)
+
+
+@pytest.mark.parametrize(("status", "spent"), [(None, 2000), (200, 2000), (204, 2000), (400, 0)])
+def test_an_answer_that_does_not_say_what_it_used_costs_its_worst_case_unless_an_error(
+    status: int | None, spent: int
+) -> None:
+    budget = Budget(None, 10_000, None)
+    reservation = budget.reserve("m", {"max_tokens": 1000}, 1000)
+    assert not isinstance(reservation, str)
+
+    budget.settle(reservation, status, served_model=None, usage=None)
+
+    assert budget.spent_tokens == spent

@@ -17,6 +17,7 @@ from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_writer import StreamWriter
 
 from batchib import eagerwrite, runner
+from batchib.budget import Budget
 from batchib.client import GatewayClient
 from batchib.config import ApiKey, RequestDefaults, RunSettings
 from batchib.control import RunControl
@@ -30,6 +31,7 @@ from batchib.usage import RunStats
 from tests.scripted import (
     ScriptedGateway,
     close_connection,
+    completion,
     error,
     hang,
     reply,
@@ -72,6 +74,7 @@ def run(
     interrupt_after_s: float | None = None,
     sink: ListSink | None = None,
     on_progress: Callable[[RunStats], None] = lambda stats: None,
+    budget: Budget | None = None,
     **settings: Any,
 ) -> tuple[RunOutcome, ListSink]:
     """One run against `gateway`; a run that hangs fails after 60 s instead."""
@@ -91,6 +94,7 @@ def run(
                 on_progress=on_progress,
                 sleep=sleep or RecordingSleep(),
                 rng=random.Random(1),
+                budget=budget,
             )
 
     return asyncio.run(asyncio.wait_for(go(), timeout=60)), records
@@ -695,3 +699,36 @@ def test_two_runs_on_one_loop_each_record_their_answers_before_a_body_leaves(
     assert len(unrecorded_at_write) == 80
     assert not any(unrecorded_at_write)
     assert not eagerwrite._LOOPS  # the loop's entry goes with its last run
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        reply(200, {k: v for k, v in completion().items() if k != "usage"}),
+        reply(200, {**completion(), "usage": {"prompt_tokens": 5.0, "completion_tokens": 1}}),
+        reply(200, raw=b'{"id": "chatcmpl-test", "choices": [{"index": 0, "mess'),
+    ],
+    ids=["no-usage", "float-counts", "cut-off"],
+)
+def test_a_2xx_that_does_not_say_what_it_used_spends_its_worst_case(answer: Any) -> None:
+    # Each request reserves its prompt estimate plus its cap of 100: about 105 tokens.
+    # Counted at that worst case, three fit in a budget of 330, never a fourth.
+    gateway = ScriptedGateway(default=answer)
+    items = [
+        parse_line(
+            f'{{"id": "p{i}", "prompt": "p{i}", "max_tokens": 100}}'.encode(),
+            "in.jsonl",
+            i,
+            RequestDefaults(model="m"),
+        )
+        for i in range(1, 11)
+    ]
+    budget = Budget(None, 330, None)
+
+    outcome, _ = run(gateway, items, budget=budget, concurrency=1, max_attempts=1)
+
+    sent = len(gateway.received)
+    assert outcome.stop is not None and outcome.stop.code == "budget"
+    assert sent == 3
+    assert outcome.stats.answers_without_usage == sent
+    assert 300 < budget.spent_tokens <= 330

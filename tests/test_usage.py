@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from batchib.pricing import Price, PriceTable, Spend
 from batchib.usage import LatencyHistogram, RunStats, TokenUsage, summarise
 
 ZERO = {
@@ -294,3 +295,16 @@ def test_summarise_with_no_wall_time_reports_zero_throughput() -> None:
     assert figures["counts"]["not_sent"] == 3
     assert figures["counts"]["sent"] == 0
     assert figures["counts"]["input_complete"] is False
+
+
+@pytest.mark.parametrize(("without_usage", "complete"), [(0, True), (1, False)])
+def test_a_2xx_without_usage_makes_the_cost_incomplete(without_usage: int, complete: bool) -> None:
+    table = PriceTable({"m": Price(input=1.0, output=1.0, cached_input=1.0)})
+    stats = RunStats(spend=Spend(table), answers_without_usage=without_usage)
+    stats.add_success("m", {"model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+
+    figures = summarise(stats, wall_time_s=1.0)
+
+    assert figures["answers_without_usage"] == without_usage
+    assert figures["cost"]["complete"] is complete
+    assert figures["cost"]["usd"] == pytest.approx(2e-6)
