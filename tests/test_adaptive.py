@@ -341,3 +341,27 @@ def test_429s_soon_after_a_decrease_halve_the_rate_until_they_stop() -> None:
     clock.now = 3.0  # a calm 2.5 s later: judged by what succeeded again (nothing: halve)
     assert rate.on_rate_limited(seq=21, last_seq=30)
     assert rate.rate_per_s == pytest.approx(213.75)
+
+
+def test_after_an_episode_of_429s_the_rate_grows_back_fast_then_additively() -> None:
+    clock = FakeClock(0.0)
+    rate = AdaptiveRate(None, clock)
+    rate.sent.add(2000)  # 1000/s over the 2 s window
+    rate.succeeded.add(1800)  # 900/s
+    rate.on_rate_limited(seq=0, last_seq=10)  # gentle: 855/s, the point to recover to
+    for seq in range(11, 71, 10):  # 429s keep coming for a second: halved six times
+        clock.now += 0.15
+        rate.on_rate_limited(seq=seq, last_seq=seq + 9)
+    assert rate.rate_per_s == pytest.approx(855 / 64)
+
+    clock.now += 10.0  # 429s stopped: a fifth more a second
+    rate.on_success(1)
+    assert rate.rate_per_s == pytest.approx(855 / 64 * 1.2**10)
+
+    clock.now += 20.0  # capped where the episode began, not beyond
+    rate.on_success(1)
+    assert rate.rate_per_s == pytest.approx(855)
+
+    clock.now += 10.0  # then additively: 2 % of 855 a second
+    rate.on_success(1)
+    assert rate.rate_per_s == pytest.approx(855 + 10 * 0.02 * 855)

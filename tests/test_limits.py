@@ -608,3 +608,23 @@ def test_refund_lets_a_waiting_acquire_through() -> None:
             assert waiter.result() == Ticket(1, 600)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("sent_before", "lowered"), [(0, False), (2, False), (3, True)])
+def test_with_no_rate_a_429_on_too_few_requests_to_judge_lowers_nothing(
+    sent_before: int, lowered: bool
+) -> None:
+    # The probe alone (or a handful) refused: the quota is spent for now, which its
+    # Retry-After answers; no rate can be read off one request. From four on, one can.
+    async def scenario() -> Limits:
+        limits = Limits(None, None, clock=FakeClock())
+        first = await limits.acquire(10)
+        for _ in range(sent_before):
+            limits._ticket(10)
+        limits.observe(first, too_many_requests("requests"), None)
+        return limits
+
+    limits = asyncio.run(scenario())
+
+    assert (limits.current()["rate_decreases"] == 1) is lowered
+    assert (limits.current()["requests_per_minute"] is not None) is lowered

@@ -732,3 +732,19 @@ def test_a_2xx_that_does_not_say_what_it_used_spends_its_worst_case(answer: Any)
     assert sent == 3
     assert outcome.stats.answers_without_usage == sent
     assert 300 < budget.spent_tokens <= 330
+
+
+def test_a_429_on_the_first_request_does_not_throttle_the_run() -> None:
+    # The probe is refused once (the quota spent for now), then everything succeeds:
+    # no rate can be read off one request, so the run goes on unlimited. (It used to
+    # settle at 15 requests a minute, and this run would not finish for minutes.)
+    gateway = ScriptedGateway(
+        {"p0": [error(429, "rate_limit_exceeded", {"retry-after-ms": "100"})]}
+    )
+
+    outcome, sink = run(gateway, requests(*[f"p{i}" for i in range(100)]), concurrency=16)
+
+    assert outcome.exit_status == 0
+    assert len(sink.records) == 100
+    assert outcome.limits["requests_per_minute"] is None
+    assert outcome.limits["rate_decreases"] == 0
