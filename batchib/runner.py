@@ -421,9 +421,22 @@ class _Pipeline:
                 break
             self.stats.retries += 1
             wait_s = reply.retry_after_s
-            await self.sleep(backoff_s(attempt, self.rng) if wait_s is None else wait_s)
+            await self.sleep_unless_stopped(
+                backoff_s(attempt, self.rng) if wait_s is None else wait_s
+            )
         elapsed_ms = (time.perf_counter() - started) * 1000
         return _Sent(request, reply, attempt, elapsed_ms, prompt_tokens, counter.name)
+
+    async def sleep_unless_stopped(self, seconds: float) -> None:
+        """Wait before a retry; a stop (a fatal answer, a budget, Ctrl-C) ends the wait:
+        nothing more will be sent, and the run must not outlast it by a Retry-After."""
+        sleeping = asyncio.ensure_future(self.sleep(seconds))
+        stopped = asyncio.ensure_future(self.control.wait_stopped())
+        try:
+            await asyncio.wait([sleeping, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            stopped.cancel()
 
     def token_counter(self, request: Request) -> TokenCounter:
         """Exact counts (the tokenizer: 0.05 s to load, ~65 MB) once tokens matter -- a

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -69,7 +69,7 @@ def run(
     gateway: ScriptedGateway,
     items: Source | list[Request | InvalidLine],
     *,
-    sleep: RecordingSleep | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
     control: RunControl | None = None,
     interrupt_after_s: float | None = None,
     sink: ListSink | None = None,
@@ -748,3 +748,39 @@ def test_a_429_on_the_first_request_does_not_throttle_the_run() -> None:
     assert len(sink.records) == 100
     assert outcome.limits["requests_per_minute"] is None
     assert outcome.limits["rate_decreases"] == 0
+
+
+class EndlessSleep:
+    """A retry wait that never ends on its own: only a stop can end it."""
+
+    def __init__(self) -> None:
+        self.ended_early = 0
+
+    async def __call__(self, seconds: float) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.ended_early += 1
+            raise
+
+
+def test_a_stop_ends_the_waits_of_requests_between_retries() -> None:
+    # p0 is refused with a 503 and waits to retry; p1's 401 stops the run. The run must
+    # end then, not after p0's wait (which here never ends by itself).
+    gateway = ScriptedGateway(
+        {
+            "p0": [error(503, "overloaded", {"retry-after": "100"})],
+            "p1": [error(401, "invalid_api_key")],
+        }
+    )
+    sleep = EndlessSleep()
+
+    outcome, sink = run(gateway, requests("p0", "p1"), concurrency=2, sleep=sleep)
+
+    assert outcome.stop is not None and outcome.stop.code == "invalid_api_key"
+    assert sleep.ended_early == 1
+    assert {r["custom_id"]: r["response"]["status_code"] for r in sink.records} == {
+        "p0": 503,
+        "p1": 401,
+    }
+    assert gateway.sent("p0") == 1
