@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Iterator
 from typing import Any
 
@@ -209,6 +210,34 @@ def test_take_more_than_capacity_goes_in_pieces() -> None:
         assert pieces == [10.0, 0.5]
 
     asyncio.run(scenario())
+
+
+def test_takes_larger_than_the_bucket_go_one_after_another_not_interleaved() -> None:
+    # Interleaved, three requests of 2.5 buckets each would all finish near the end and
+    # leave together; in turn, each leaves as soon as its own share has leaked.
+    async def scenario() -> list[tuple[str, float]]:
+        bucket = SmoothBucket(10_000.0)  # a bucket of 1000
+        granted: list[tuple[str, float]] = []
+        acquire = bucket.acquire
+        current: contextvars.ContextVar[str] = contextvars.ContextVar("taker")
+
+        async def spy(amount: float = 1) -> None:
+            await acquire(amount)
+            granted.append((current.get(), amount))
+
+        bucket.acquire = spy  # type: ignore[method-assign]
+
+        async def taker(name: str) -> None:
+            current.set(name)
+            await bucket.take(2500)
+
+        await asyncio.wait_for(asyncio.gather(taker("a"), taker("b"), taker("c")), WAKE_TIMEOUT_S)
+        return granted
+
+    granted = asyncio.run(scenario())
+
+    assert [name for name, _ in granted] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    assert [amount for _, amount in granted] == [1000.0, 1000.0, 500.0] * 3
 
 
 def test_take_completes_when_the_rate_drops_while_it_waits() -> None:
