@@ -42,14 +42,14 @@ def request_record(
     succeeded = reply.verdict is Verdict.SUCCESS
     response: dict[str, Any] | None = None
     error: dict[str, str] | None = None
-    if reply.status is not None and reply.body is not None:
-        response = {
-            "status_code": reply.status,
-            "request_id": reply.request_id or "",
-            "body": reply.body,
-        }
-    else:
-        # No usable HTTP answer: no connection, a timeout, or a body that is not JSON.
+    if reply.status is not None:
+        # An HTTP answer keeps its status and request id (the gateway's handle on it)...
+        response = {"status_code": reply.status, "request_id": reply.request_id or ""}
+        if reply.body is not None:
+            response["body"] = reply.body
+    if reply.status is None or reply.body is None:
+        # ...and one with no JSON body (a proxy's HTML page, a body cut off), like no
+        # answer at all (no connection, a timeout), says what went wrong in `error`.
         error = {"code": reply.code or "unknown", "message": reply.message or ""}
         if reply.status is not None:
             error["message"] = f"HTTP {reply.status}: {error['message']}"

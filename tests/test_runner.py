@@ -199,6 +199,19 @@ def test_attempts_are_capped_and_the_last_failure_is_recorded() -> None:
     assert outcome.stats.failures_by_code == {"bad_gateway": 1}
 
 
+def test_an_answer_that_is_not_json_keeps_its_status_and_request_id(validate: Any) -> None:
+    page = reply(502, raw=b"<html>Bad Gateway</html>", headers={"x-request-id": "req_proxy"})
+    gateway = ScriptedGateway(default=page)
+
+    _, sink = run(gateway, requests("a"), max_attempts=1)
+
+    record = sink.by_id()["a"]
+    validate("BatchRequestOutput", record)
+    assert record["response"] == {"status_code": 502, "request_id": "req_proxy"}
+    assert record["error"]["message"].startswith("HTTP 502: <html>Bad Gateway")
+    assert record["batchib"]["status"] == "failed"
+
+
 def test_a_connection_failure_after_all_attempts_is_an_error_record() -> None:
     gateway = ScriptedGateway(default=close_connection())
     _, sink = run(gateway, requests("a"), max_attempts=2)
