@@ -170,6 +170,7 @@ class LineError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.line_id: str | None = None  # the line's own id, when it had a valid one
 
 
 def hash_body(body_bytes: bytes) -> str:
@@ -213,7 +214,8 @@ def parse_object(
         _validate_body(body)
         body_bytes = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     except LineError as exc:
-        return InvalidLine(line_id or positional_id(file, line), file, line, exc.code, exc.message)
+        own_id = line_id or exc.line_id
+        return InvalidLine(own_id or positional_id(file, line), file, line, exc.code, exc.message)
     except TypeError as exc:  # orjson.JSONEncodeError: only from a caller's own objects
         return InvalidLine(
             line_id or positional_id(file, line),
@@ -264,9 +266,27 @@ def _line_id(value: Any, field: str) -> str | None:
 
 
 def _recognise(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any], Any]:
-    """Return (custom_id or None, a fresh body dict, metadata) for any of the formats."""
-    if "body" in obj or "url" in obj or "method" in obj:
-        return _recognise_batch_line(obj)
+    """Return (custom_id or None, a fresh body dict, metadata) for any of the formats.
+    The id is read first: a line rejected for anything else keeps it in its record, so
+    that readers matching on custom_id find the failure."""
+    batch = "body" in obj or "url" in obj or "method" in obj
+    line_id = _line_id(obj.get("custom_id"), "custom_id") if batch else _chat_line_id(obj)
+    try:
+        body, metadata = _recognise_batch_line(obj) if batch else _recognise_chat_line(obj)
+    except LineError as exc:
+        exc.line_id = line_id
+        raise
+    return line_id, body, metadata
+
+
+def _chat_line_id(obj: dict[str, Any]) -> str | None:
+    if "custom_id" in obj and "id" in obj:
+        raise LineError("ambiguous_id", "a line has both `custom_id` and `id`; keep one")
+    return _line_id(obj.get("custom_id"), "custom_id") or _line_id(obj.get("id"), "id")
+
+
+def _recognise_chat_line(obj: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """A chat body or the shorthand, without its id (read already)."""
     if "messages" in obj and "prompt" in obj:
         raise LineError("ambiguous_line", "a line has both `messages` and `prompt`; keep one")
     if "messages" not in obj and "prompt" not in obj:
@@ -276,11 +296,8 @@ def _recognise(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any], Any]:
             "or `body` (OpenAI batch line)",
         )
     body = dict(obj)
-    if "custom_id" in body and "id" in body:
-        raise LineError("ambiguous_id", "a line has both `custom_id` and `id`; keep one")
-    line_id = _line_id(body.pop("custom_id", None), "custom_id") or _line_id(
-        body.pop("id", None), "id"
-    )
+    body.pop("custom_id", None)
+    body.pop("id", None)
     metadata = body.pop("metadata", None)
     if "prompt" in body:
         prompt = body.pop("prompt")
@@ -293,10 +310,11 @@ def _recognise(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any], Any]:
         if system:
             messages.insert(0, {"role": "system", "content": system})
         body["messages"] = messages
-    return line_id, body, metadata
+    return body, metadata
 
 
-def _recognise_batch_line(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any], Any]:
+def _recognise_batch_line(obj: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """An OpenAI batch line's body, without its id (read already)."""
     unexpected = sorted(set(obj) - BATCH_KEYS)
     if unexpected:
         raise LineError(
@@ -314,7 +332,7 @@ def _recognise_batch_line(obj: dict[str, Any]) -> tuple[str | None, dict[str, An
     body = obj.get("body")
     if not isinstance(body, dict):
         raise LineError("invalid_body", "`body` must be a JSON object")
-    return _line_id(obj.get("custom_id"), "custom_id"), dict(body), obj.get("metadata")
+    return dict(body), obj.get("metadata")
 
 
 def _apply_defaults(body: dict[str, Any], defaults: RequestDefaults) -> None:

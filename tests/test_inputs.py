@@ -482,3 +482,27 @@ def test_body_hash_ignores_id_and_metadata() -> None:
     two = parse_request({"id": "b", "prompt": "Hi", "metadata": {"row": 2}})
 
     assert one.body_hash == two.body_hash
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "custom_id"),
+    [
+        ({"custom_id": "e1", "url": "/v1/embeddings", "body": {}}, "unsupported_url", "e1"),
+        ({"custom_id": "g1", "method": "GET", "url": "/v1/chat/completions"}, None, "g1"),
+        ({"custom_id": "b1", "body": "oops"}, "invalid_body", "b1"),
+        ({"id": "s1", "text": "no prompt"}, "unknown_shape", "s1"),
+        ({"custom_id": "s2", "prompt": ""}, "invalid_prompt", "s2"),
+        ({"id": "s3", "prompt": "a", "messages": []}, "ambiguous_line", "s3"),
+        # With no valid id of its own, a line keeps its place as its id.
+        ({"id": "", "prompt": "a"}, "invalid_id", None),
+        ({"id": "x", "custom_id": "y", "prompt": "a"}, "ambiguous_id", None),
+    ],
+)
+def test_a_rejected_line_keeps_its_own_valid_id(
+    line: dict[str, Any], code: str | None, custom_id: str | None
+) -> None:
+    invalid = parse_invalid(line)
+
+    if code is not None:
+        assert invalid.code == code
+    assert invalid.custom_id == (custom_id or positional_id(FILE, LINE))
