@@ -8,7 +8,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
@@ -31,6 +31,7 @@ from batchib.pricing import PriceTable
 
 if TYPE_CHECKING:
     from batchib.eventlog import EventLog
+    from batchib.idstore import IdStore
     from batchib.parseproc import Parser
 from batchib.version import __version__
 
@@ -533,6 +534,9 @@ def run(
             ),
             prices,
             False,
+            # What this run would send: its shard, without what OUTPUT already holds.
+            shard=shard,
+            done_in=None if overwrite else output,
         )
     try:
         key = read_api_key(api_key_file)
@@ -831,7 +835,11 @@ def _print_estimate(
     settings: Any,
     prices: PriceTable | None,
     as_json: bool,
+    shard: tuple[int, int] | None = None,
+    done_in: Path | None = None,
 ) -> NoReturn:
+    """Print the estimate of `inputs` (`shard` of them), leaving out the requests that
+    already succeeded in the results file `done_in`, as a run would skip them."""
     from batchib.estimate import estimate as make_estimate
     from batchib.idstore import IdStore
     from batchib.source import InputFiles
@@ -840,7 +848,13 @@ def _print_estimate(
         if name != "-" and not Path(name).is_file():
             _fail(f"input {name} does not exist or is not a file")
     ids = IdStore()
-    items: Any = InputFiles(inputs, defaults, ids)
+    items: Any = InputFiles(inputs, defaults, ids, shard)
+    not_done = None
+    if done_in is not None:
+        from batchib.results import load_done
+
+        load_done(done_in, ids)
+        items = not_done = _NotDone(items, ids)
     bar = None
     if sys.stderr.isatty():
         from tqdm import tqdm
@@ -856,13 +870,35 @@ def _print_estimate(
         ids.close()
         if bar is not None:
             bar.close()
+    if not_done is not None:
+        result["already_done"] = not_done.skipped
     if as_json:
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(_estimate_table(result))
+        if not_done is not None and not_done.skipped:
+            click.echo(f"{not_done.skipped} requests already succeeded in {done_in}: not counted")
     for example in result["invalid_examples"]:
         click.echo(f"batchib: {example['file']}:{example['line']}: {example['message']}", err=True)
     sys.exit(EXIT_SOME_FAILED if result["invalid_lines"] else 0)
+
+
+class _NotDone:
+    """Input items without the requests that already succeeded, which it counts."""
+
+    def __init__(self, items: Iterable[Any], ids: IdStore) -> None:
+        self._items = items
+        self._ids = ids
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        from batchib.inputs import Request
+
+        for item in self._items:
+            if isinstance(item, Request) and self._ids.is_done(item.custom_id, item.body_hash):
+                self.skipped += 1
+            else:
+                yield item
 
 
 def _estimate_table(result: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from batchib.inputs import shard_of
 from batchib.parseproc import usable_cpus, wanted
 from batchib.simulator import SimulatorSettings
 from batchib.version import __version__
@@ -357,6 +358,32 @@ def test_an_input_that_fails_mid_run_sends_what_was_read_then_stops_with_a_summa
     assert summary["input_parser"]["where"] == ("process" if parser == "process" else "event loop")
     assert rerun.status == 0, rerun.stderr
     assert len(gateway.requests) == 10
+
+
+def priced_requests(stdout: str) -> int:
+    """The TOTAL row's request count in the estimate table."""
+    [total] = [line for line in stdout.splitlines() if line.startswith("TOTAL")]
+    return int(total.split()[1].replace(",", ""))
+
+
+def test_dry_run_prices_what_this_run_would_send(run_batchib, start_recording_simulator, tmp_path):
+    gateway = start_recording_simulator()
+    args = ("-o", "out.jsonl", "--model", MODEL, "--base-url", gateway.url)
+    run_batchib(write_prompts(tmp_path / "in.jsonl", 10), *args)
+    source = write_prompts(tmp_path / "in.jsonl", 15)  # five more lines since
+
+    rest = run_batchib(source, *args, "--dry-run")
+    afresh = run_batchib(source, *args, "--dry-run", "--overwrite")
+    shard = run_batchib(source, *args, "--dry-run", "--overwrite", "--shard", "1/3")
+
+    assert (rest.status, afresh.status, shard.status) == (0, 0, 0), rest.stderr
+    assert priced_requests(rest.stdout) == 5
+    assert "10 requests already succeeded in out.jsonl: not counted" in rest.stdout
+    assert priced_requests(afresh.stdout) == 15
+    in_shard = sum(1 for i in range(15) if shard_of(f"p-{i:03d}", 3) == 1)
+    assert 0 < in_shard < 15
+    assert priced_requests(shard.stdout) == in_shard
+    assert len(gateway.requests) == 10  # the dry runs sent nothing
 
 
 # --- stdin ------------------------------------------------------------------------------
