@@ -728,6 +728,10 @@ def report(outputs: tuple[Path, ...], as_json: bool) -> None:
     """
     from batchib.report import report as make_report
 
+    resolved = [path.resolve() for path in outputs]
+    for path in outputs:
+        if resolved.count(path.resolve()) > 1:
+            raise click.UsageError(f"{path} is given more than once: it would count twice")
     try:
         result = make_report(outputs)
     except OSError as exc:
@@ -742,6 +746,11 @@ def report(outputs: tuple[Path, ...], as_json: bool) -> None:
             f"{counts['successful_lines_paid']} successful answers paid for, "
             f"{usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens"
         )
+        if counts["unreadable_lines"]:
+            click.echo(
+                f"  {counts['unreadable_lines']} lines are not result records "
+                "(a torn tail, or not a results file): requests may be unaccounted for"
+            )
         for model, figures in result["usage"]["by_served_model"].items():
             click.echo(
                 f"  {model:<32} {figures['requests']:>8} req {figures['total_tokens']:>12} tokens"

@@ -52,6 +52,11 @@ def compact(path: Path) -> Compaction:
     """Compact `path` in place; the caller holds its lock."""
     set_aside_torn_tail(path)
     latest = choose_latest([path])
+    if not latest.records and any(True for _ in _raw_lines(path)):
+        # Not a results file (an input given by mistake, say): compacting would move
+        # every line aside and leave it empty.
+        latest.close()
+        raise OutputError(f"{path} holds no results: none of its lines is a record")
     before = after = aside = 0
     directory = path.parent
     try:

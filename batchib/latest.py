@@ -23,6 +23,8 @@ def record_status(record: dict[str, Any] | None) -> tuple[str, bool] | None:
         return None
     if isinstance(own, dict):
         return custom_id, own.get("status") == SUCCEEDED
+    if "response" not in record and "error" not in record:
+        return None  # neither ours nor an OpenAI batch output line
     # A plain OpenAI batch output line (written by another tool): judge by its status.
     response = record.get("response")
     ok = isinstance(response, dict) and response.get("status_code") == 200
@@ -33,6 +35,7 @@ class LatestRecords:
     """Feed every line's position, learn the positions that count."""
 
     def __init__(self) -> None:
+        self.records = 0  # lines that are records, of any custom_id
         self._db = sqlite3.connect("", isolation_level=None)
         self._db.executescript(
             """
@@ -46,6 +49,7 @@ class LatestRecords:
         )
 
     def add(self, custom_id: str, position: int, succeeded: bool) -> None:
+        self.records += 1
         self._db.execute(
             """
             INSERT INTO best VALUES (?, ?, ?)

@@ -187,3 +187,47 @@ def test_a_bad_shard_is_a_usage_error(
 
     assert run.status == 2
     assert "--shard" in run.stderr
+
+
+def batchib_command(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "batchib", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_compact_refuses_a_file_with_no_results_and_leaves_it_alone(tmp_path: Path) -> None:
+    prompts = write(tmp_path / "prompts.jsonl", {"id": "a", "prompt": "Hi"}, {"custom_id": "b"})
+    before = prompts.read_bytes()
+
+    done = batchib_command("compact", prompts, cwd=tmp_path)
+
+    assert done.returncode == 1
+    assert "holds no results" in done.stderr
+    assert prompts.read_bytes() == before
+    assert not (tmp_path / "prompts.jsonl.torn").exists()
+
+
+def test_report_is_not_complete_while_some_lines_are_not_records(tmp_path: Path) -> None:
+    clean = write(tmp_path / "clean.jsonl", record("a", True))
+    torn = write(tmp_path / "torn.jsonl", record("a", True), b'{"custom_id": "b"}\n')
+
+    assert report([clean])["status"] == "complete"
+    summary = report([torn])
+    assert summary["status"] == "has_failures"
+    assert summary["counts"]["unreadable_lines"] == 1  # a custom_id alone is no record
+    shown = batchib_command("report", torn, cwd=tmp_path)
+    assert shown.returncode == 3
+    assert "1 lines are not result records" in shown.stdout
+
+
+def test_report_refuses_a_file_given_twice(tmp_path: Path) -> None:
+    path = write(tmp_path / "out.jsonl", record("a", True))
+
+    twice = batchib_command("report", path, f"./{path.name}", cwd=tmp_path)
+
+    assert twice.returncode == 2
+    assert "given more than once" in twice.stderr
