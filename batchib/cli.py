@@ -28,6 +28,7 @@ from batchib.control import (
 from batchib.errors import BatchibError, ConfigError, OutputError
 from batchib.lock import LockedError, OutputLock
 from batchib.pricing import PriceTable
+from batchib.stderr import say
 
 if TYPE_CHECKING:
     from batchib.eventlog import EventLog
@@ -55,7 +56,7 @@ def _say(event: str, message: str, text: str, **fields: Any) -> None:
         from batchib.eventlog import json_line
 
         text = json_line(event, {"message": message, **fields})
-    click.echo(text, err=True)
+    say(text)
 
 
 @contextlib.contextmanager
@@ -608,11 +609,11 @@ def run(
         events.end(result)
         sys.exit(result["exit_status"])
     if result.get("stop") and quiet:  # the table says it otherwise
-        click.echo(f"batchib: {result['stop']['message']}", err=True)
+        say(f"batchib: {result['stop']['message']}")
     if not quiet:
         from batchib.summary import format_table
 
-        click.echo(format_table(result), err=True)
+        say(format_table(result))
     sys.exit(result["exit_status"])
 
 

@@ -5,12 +5,12 @@ All on stderr; built from counts and settings only, so no secret can reach them.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from typing import Any, TextIO
 
 import orjson
 
+from batchib.stderr import say
 from batchib.summary import utc_now
 from batchib.usage import RunStats
 
@@ -24,13 +24,16 @@ class EventLog:
     def __init__(self, log_format: str, every_s: float, stream: TextIO | None = None) -> None:
         self._json = log_format == "json"
         self._every_s = every_s
-        self._stream = stream or sys.stderr
+        self._stream = stream  # None: stderr, whose reader may go away
         self._stats: RunStats | None = None
         self._started = time.monotonic()
 
     def _emit(self, event: str, text: str, fields: dict[str, Any]) -> None:
         line = json_line(event, fields) if self._json else f"batchib: {text}"
-        print(line, file=self._stream, flush=True)
+        if self._stream is None:
+            say(line)
+        else:
+            print(line, file=self._stream, flush=True)
 
     def start(self, fields: dict[str, Any]) -> None:
         self._started = time.monotonic()
