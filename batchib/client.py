@@ -60,6 +60,17 @@ def classify(
         if body is not None and isinstance(body.get("choices"), list):
             return Verdict.SUCCESS, None, None, None
         return Verdict.RETRY, "invalid_response", "a 2xx answer without a completion body", None
+    if 300 <= status < 400:
+        # Not followed: a POST would come back a GET without its body, and the key might
+        # go to another host. Every further request would be redirected alike.
+        where = headers.get("Location") or "(no Location)"
+        return (
+            Verdict.STOP_RUN,
+            f"http_{status}",
+            f"the gateway redirects to {where[:200]}: batchib does not follow redirects; "
+            "if that is the gateway's address, use it as --base-url",
+            None,
+        )
     code, kind, message = _error_fields(body)
     if message is None:
         message = raw_text[:MAX_MESSAGE_CHARS] or f"HTTP {status}"
@@ -158,7 +169,9 @@ class GatewayClient:
         """One attempt. Never raises for network or HTTP failures: they are Replies."""
         started = time.perf_counter()
         try:
-            async with self._session.post(self._url, data=body_bytes) as response:
+            async with self._session.post(
+                self._url, data=body_bytes, allow_redirects=False
+            ) as response:
                 raw = await response.read()
                 status, headers = response.status, response.headers
         except TimeoutError:
@@ -177,7 +190,7 @@ class GatewayClient:
             body=body,
             request_id=self._scrub.text(headers.get("x-request-id")),
             code=code,
-            message=message,
+            message=self._scrub.text(message),  # a Location header may echo anything
             retry_after_s=wait_s,
             latency_ms=latency_ms,
             rate=parse_rate_headers(headers),

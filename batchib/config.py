@@ -115,6 +115,18 @@ class RunSettings:
             # Not echoed: the URL holds a credential. It would also clash with the
             # bearer header (aiohttp refuses both).
             raise ConfigError("--base-url must not contain user:password@")
+        if parts.query or parts.fragment:
+            # Not echoed either: a query may carry a key. /chat/completions is appended
+            # to the path, so a query would end up in the middle of the URL.
+            raise ConfigError(
+                "--base-url must not have a query or fragment (?...): batchib appends "
+                "/chat/completions to it"
+            )
+        if parts.path.rstrip("/").endswith("/chat/completions"):
+            raise ConfigError(
+                "--base-url is the API's base (like https://host/v1), not the endpoint: "
+                "leave out /chat/completions, which batchib appends"
+            )
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
         if parts.scheme == "http" and not _is_loopback(parts.hostname) and not self.allow_insecure:
             raise ConfigError(

@@ -93,11 +93,14 @@ class _Sent:
 
 
 def _fatal_stop(reply: Reply) -> Stop:
+    status = reply.status or 0
     reason = {
         401: "the gateway rejected the API key",
         402: "the gateway asks for payment",
         403: "the API key is not allowed to do this",
-    }.get(reply.status or 0, "the account is out of credit")
+    }.get(
+        status, "the gateway redirects" if 300 <= status < 400 else "the account is out of credit"
+    )
     return Stop(
         code=reply.code or f"http_{reply.status}",
         message=(

@@ -196,6 +196,24 @@ def test_plain_http_is_refused_beyond_loopback(url: str, allowed: bool) -> None:
         RunSettings(api_key=key, base_url=url, allow_insecure=True)
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("https://api.example.com/v1?api-version=2024-10-21", "query"),
+        ("https://api.example.com/v1#frag", "query or fragment"),
+        ("https://api.example.com/v1/chat/completions", "not the endpoint"),
+        ("https://api.example.com/v1/chat/completions/", "not the endpoint"),
+    ],
+)
+def test_a_base_url_that_would_make_a_wrong_endpoint_is_refused(url: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says) as refused:
+        RunSettings(api_key=ApiKey("sk-test-insecure-0000"), base_url=url)
+    assert "2024-10-21" not in str(refused.value)  # a query is never echoed
+    assert RunSettings(
+        api_key=ApiKey("sk-test-insecure-0000"), base_url="https://api.example.com/v1/"
+    ).completions_url == ("https://api.example.com/v1/chat/completions")
+
+
 def test_insecure_base_url_is_a_usage_error_before_anything_is_sent(
     tmp_path: Path, run_batchib: Callable[..., CliRun]
 ) -> None:

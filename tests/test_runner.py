@@ -797,3 +797,19 @@ def test_a_stop_ends_the_waits_of_requests_between_retries() -> None:
         "p1": 401,
     }
     assert gateway.sent("p0") == 1
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_not_followed_and_stops_the_run(status: int) -> None:
+    moved = reply(status, raw=b"", headers={"Location": "https://elsewhere.example/v1"})
+    gateway = ScriptedGateway(default=moved)
+
+    outcome, sink = run(gateway, requests("a", "b", "c"), concurrency=1)
+
+    assert outcome.exit_status == 1
+    assert outcome.stop is not None and "redirects to https://elsewhere.example/v1" in (
+        outcome.stop.message
+    )
+    assert len(gateway.received) == 1  # not followed, and nothing sent after it
+    [record] = sink.records
+    assert record["response"]["status_code"] == status
