@@ -34,8 +34,11 @@ MAX_MESSAGE_CHARS = 500
 
 
 def _error_fields(body: dict[str, Any] | None) -> tuple[str | None, str | None, str | None]:
-    """(code, type, message) of an OpenAI-shaped error body; code may be an int in vLLM."""
+    """(code, type, message) of an OpenAI-shaped error body; code may be an int in vLLM,
+    whose older servers also put the error at the top level ({"object": "error", ...})."""
     error = body.get("error") if body else None
+    if error is None and body is not None and body.get("object") == "error":
+        error = body
     if isinstance(error, str):  # some gateways answer {"error": "text"}
         return None, None, error[:MAX_MESSAGE_CHARS]
     if not isinstance(error, dict):
@@ -59,7 +62,17 @@ def classify(
     if 200 <= status < 300:
         if body is not None and isinstance(body.get("choices"), list):
             return Verdict.SUCCESS, None, None, None
-        return Verdict.RETRY, "invalid_response", "a 2xx answer without a completion body", None
+        # Some gateways answer an error with a 200: an exhausted account stops the run
+        # as its 429 would; anything else may pass on a retry.
+        code, kind, message = _error_fields(body)
+        if code in OUT_OF_CREDIT_CODES or kind in OUT_OF_CREDIT_CODES:
+            return Verdict.STOP_RUN, code or kind, message, None
+        return (
+            Verdict.RETRY,
+            "invalid_response",
+            f"a 2xx answer without a completion body{f': {message}' if message else ''}",
+            None,
+        )
     if 300 <= status < 400:
         # Not followed: a POST would come back a GET without its body, and the key might
         # go to another host. Every further request would be redirected alike.

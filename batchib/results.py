@@ -18,7 +18,7 @@ import orjson
 
 from batchib.idstore import IdStore
 from batchib.inputs import InvalidLine, Request
-from batchib.reply import Reply, Verdict
+from batchib.reply import Reply, Verdict, is_billed
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
@@ -47,9 +47,11 @@ def request_record(
         response = {"status_code": reply.status, "request_id": reply.request_id or ""}
         if reply.body is not None:
             response["body"] = reply.body
-    if reply.status is None or reply.body is None:
-        # ...and one with no JSON body (a proxy's HTML page, a body cut off), like no
-        # answer at all (no connection, a timeout), says what went wrong in `error`.
+    if reply.status is None or reply.body is None or (not succeeded and is_billed(reply.status)):
+        # ...and one with no JSON body (a proxy's HTML page, a body cut off) or a 2xx
+        # that is no completion, like no answer at all (no connection, a timeout), says
+        # what went wrong in `error`: a reader of status codes alone must not take it
+        # for a success.
         error = {"code": reply.code or "unknown", "message": reply.message or ""}
         if reply.status is not None:
             error["message"] = f"HTTP {reply.status}: {error['message']}"

@@ -285,3 +285,45 @@ def test_error_given_as_a_bare_string_keeps_its_text() -> None:
         "Not found",
         None,
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param(
+            {"error": {"message": "no credit", "type": "x", "code": "insufficient_quota"}},
+            (Verdict.STOP_RUN, "insufficient_quota", "no credit", None),
+            id="out-of-credit-in-a-200",
+        ),
+        pytest.param(
+            {"error": {"message": "overloaded", "type": "server_error", "code": None}},
+            (
+                Verdict.RETRY,
+                "invalid_response",
+                "a 2xx answer without a completion body: overloaded",
+                None,
+            ),
+            id="other-error-in-a-200",
+        ),
+        pytest.param(
+            {"id": "x"},
+            (Verdict.RETRY, "invalid_response", "a 2xx answer without a completion body", None),
+            id="no-choices",
+        ),
+    ],
+)
+def test_a_200_that_is_no_completion(
+    body: dict[str, Any], expected: tuple[Verdict, str | None, str | None, float | None]
+) -> None:
+    assert classify(200, CIMultiDict(), body, "", NOW_S) == expected
+
+
+def test_vllm_top_level_error_object_is_read() -> None:
+    body = {"object": "error", "message": "quota", "type": "insufficient_quota", "code": 429}
+
+    assert classify(429, CIMultiDict(), body, "", NOW_S) == (
+        Verdict.STOP_RUN,
+        "429",
+        "quota",
+        None,
+    )

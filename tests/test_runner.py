@@ -813,3 +813,14 @@ def test_a_redirect_is_not_followed_and_stops_the_run(status: int) -> None:
     assert len(gateway.received) == 1  # not followed, and nothing sent after it
     [record] = sink.records
     assert record["response"]["status_code"] == status
+
+
+def test_a_200_that_is_no_completion_fails_with_an_error_beside_its_response() -> None:
+    gateway = ScriptedGateway(default=reply(200, {"error": {"message": "busy", "code": None}}))
+
+    _, sink = run(gateway, requests("a"), max_attempts=1)
+
+    [record] = sink.records
+    assert record["response"]["status_code"] == 200
+    assert record["error"]["code"] == "invalid_response"
+    assert record["batchib"]["status"] == "failed"
