@@ -382,6 +382,11 @@ def _validate_body(body: dict[str, Any]) -> None:
         raise LineError(
             "stream_not_supported", "`stream: true` is not supported in a batch; remove it"
         )
+    if "stream_options" in body:  # the gateway answers 400 without stream: true
+        raise LineError(
+            "stream_not_supported",
+            "`stream_options` needs `stream: true`, which a batch does not use; remove it",
+        )
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise LineError("invalid_messages", "`messages` must be a list")

@@ -316,6 +316,11 @@ BAD_LINES = [
     ),
     pytest.param({"prompt": "Hi", "stream": True}, "stream_not_supported", id="stream"),
     pytest.param(
+        {"prompt": "Hi", "stream_options": {"include_usage": True}},
+        "stream_not_supported",
+        id="stream-options-without-stream",
+    ),
+    pytest.param(
         {"custom_id": "e", "url": "/v1/embeddings", "body": {"messages": [HI]}},
         "unsupported_url",
         id="embeddings-url",
