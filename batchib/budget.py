@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchib.pricing import PriceTable
-from batchib.reply import is_billed
 from batchib.tokens import max_completion_tokens
 
 
@@ -105,28 +104,32 @@ class Budget:
     def settle(
         self,
         reservation: Reservation,
-        status: int | None,
         served_model: str | None,
         usage: dict[str, Any] | None,
+        *,
+        unknown: bool = False,
     ) -> None:
-        """Replace a reservation by what was charged: the `usage` of an answer with
-        HTTP `status` (None: no answer)."""
+        """Replace a reservation by what was charged: `usage` (from
+        :meth:`batchib.reply.Reply.billed_usage`), nothing when it is None, or the worst
+        case when what was charged is `unknown` (no answer, or a 2xx that does not say)."""
         self._settled.set()
         self._open -= 1
         self.reserved_usd = max(0.0, self.reserved_usd - reservation.usd) if self._open else 0.0
         self.reserved_tokens -= reservation.tokens
-        if status is None or (is_billed(status) and usage is None):
-            # No answer, or a 2xx that does not say what it used (no usage, a body cut
-            # off): it may have been billed in full. Count the worst case.
+        if unknown:
+            # It may have been billed in full: count the worst case.
             self.spent_usd += reservation.usd
             self.spent_tokens += reservation.tokens
             return
         if usage is None:
-            return  # an error answer: not billed
-        total = usage.get("total_tokens")
-        self.spent_tokens += total if isinstance(total, int) else reservation.tokens
+            return  # an error answer, or an attempt never sent: not billed
+        self.spent_tokens += usage["prompt_tokens"] + usage["completion_tokens"]
         price = self._prices.price_for(served_model) if self._prices and served_model else None
         self.spent_usd += price.cost_usd(usage) if price is not None else reservation.usd
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation whose attempt was never sent (the run stopped)."""
+        self.settle(reservation, None, None)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -64,3 +64,16 @@ class Reply:
             if type(count) is not int or count < 0:
                 return None
         return usage
+
+    def charge_unknown(self) -> bool:
+        """Whether this attempt may have been billed for an amount nobody knows: no
+        answer came, or a 2xx that is not an error yet does not say what it used."""
+        if self.status is None:
+            return True
+        if not is_billed(self.status):
+            return False
+        body = self.body
+        # A gateway's error sent with a 200 ({"error": ...}, no choices) is not billed.
+        if body is not None and "error" in body and "choices" not in body:
+            return False
+        return self.billed_usage() is None

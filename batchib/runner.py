@@ -37,10 +37,10 @@ from batchib.eagerwrite import NEEDED as EAGER_WRITES_NEEDED
 from batchib.eagerwrite import SpareTime, eager_writes
 from batchib.errors import BatchibError
 from batchib.inputs import InvalidLine, Request
-from batchib.limits import Limits
+from batchib.limits import Limits, Ticket
 from batchib.ordering import CompletionOrder, InputOrder, RecordSink
 from batchib.pricing import PriceTable, Spend
-from batchib.reply import Reply, Verdict, is_billed
+from batchib.reply import Reply, Verdict
 from batchib.results import invalid_record, request_record
 from batchib.retry import backoff_s
 from batchib.source import PARSE_BATCH, ItemsInMemory, Source
@@ -365,19 +365,20 @@ class _Pipeline:
                 if counter is ROUGH_COUNTER
                 else estimate_prompt_tokens(request.body, counter)
             )
-            ticket = self.limits.admit_now(prompt_tokens + cap) or await self.limits.acquire(
-                prompt_tokens + cap
-            )
+            tokens = prompt_tokens + cap
+            ticket = self.limits.admit_now(tokens) or await self.acquire_unless_stopped(tokens)
             reservation = None
-            if self.budget is not None and not self.control.stopping:
+            if ticket is not None and self.budget is not None and not self.control.stopping:
                 granted = await self.budget.admit(request.model, request.body, prompt_tokens)
                 if isinstance(granted, str):
                     self.control.request_stop(_budget_stop(granted))
                 else:
                     reservation = granted
-            if self.control.stopping:
-                # Admission may have waited (a bucket, a header hold): a stop decided
-                # meanwhile means nothing more leaves.
+            if ticket is None or self.control.stopping:
+                # Admission may have waited (a bucket, a header hold, the budget): a stop
+                # decided meanwhile means nothing more leaves.
+                if reservation is not None and self.budget is not None:
+                    self.budget.release(reservation)
                 if last is None:
                     return None
                 reply = last
@@ -392,19 +393,20 @@ class _Pipeline:
                 self.stats.attempts += 1
                 self.stats.cancelled_in_flight += 1
                 if reservation is not None and self.budget is not None:
-                    self.budget.settle(reservation, None, served_model=None, usage=None)
+                    self.budget.settle(reservation, None, None, unknown=True)
                 raise
             last = reply
             usage = reply.billed_usage()
-            if usage is None and reply.status is not None and is_billed(reply.status):
+            unknown = usage is None and reply.charge_unknown()
+            if unknown and reply.status is not None:
                 self.stats.answers_without_usage += 1
             if reservation is not None and self.budget is not None:
                 served = reply.body.get("model") if reply.body else None
                 self.budget.settle(
                     reservation,
-                    reply.status,
-                    served_model=served if isinstance(served, str) else None,
-                    usage=usage,
+                    served if isinstance(served, str) else None,
+                    usage,
+                    unknown=unknown,
                 )
             self.limits.observe(ticket, reply, request.completion_cap)
             self.stats.attempts += 1
@@ -429,6 +431,23 @@ class _Pipeline:
             )
         elapsed_ms = (time.perf_counter() - started) * 1000
         return _Sent(request, reply, attempt, elapsed_ms, prompt_tokens, counter.name)
+
+    async def acquire_unless_stopped(self, tokens: int) -> Ticket | None:
+        """:meth:`Limits.acquire`, or None if the run stops first: a bucket slowed to a
+        request a minute (or a header hold) must not keep a stopped run alive."""
+        if self.control.stopping:
+            return None
+        acquiring = asyncio.ensure_future(self.limits.acquire(tokens))
+        stopped = asyncio.ensure_future(self.control.wait_stopped())
+        try:
+            await asyncio.wait([acquiring, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not acquiring.done():
+                acquiring.cancel()
+        if acquiring.cancelled() or not acquiring.done():
+            return None
+        return acquiring.result()
 
     async def sleep_unless_stopped(self, seconds: float) -> None:
         """Wait before a retry; a stop (a fatal answer, a budget, Ctrl-C) ends the wait:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from batchib.budget import Budget, Reservation
 from batchib.pricing import Price, PriceTable
+from batchib.reply import Reply, Verdict
 from batchib.simulator import SimulatorSettings
 from tests.conftest import CliRun, read_jsonl
 
@@ -94,10 +96,10 @@ def test_token_budget_reserves_prompt_plus_cap() -> None:
     assert first == second == Reservation(usd=0.0, tokens=50)
     assert isinstance(third, str) and "token budget" in third
     assert isinstance(first, Reservation)
-    budget.settle(first, 200, served_model="m", usage={"total_tokens": 15})
+    budget.settle(first, "m", {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})
     assert budget.spent_tokens == 15
     assert isinstance(budget.reserve("m", body, 10), str)  # 15 + 50 in flight + 50 > 100
-    budget.settle(second, 200, served_model="m", usage={"total_tokens": 15})
+    budget.settle(second, "m", {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})
     assert budget.reserve("m", body, 10) == Reservation(usd=0.0, tokens=50)  # 30 + 50
 
 
@@ -107,19 +109,47 @@ def test_an_attempt_without_an_answer_counts_its_worst_case() -> None:
     reservation = budget.reserve("m", {"max_tokens": 1000}, 1000)
     assert not isinstance(reservation, str)
 
-    budget.settle(reservation, None, served_model=None, usage=None)
+    budget.settle(reservation, None, None, unknown=True)
 
     assert budget.spent_usd == pytest.approx(2000 / 1e6)
 
 
-@pytest.mark.parametrize(("status", "spent"), [(None, 2000), (200, 2000), (204, 2000), (400, 0)])
-def test_an_answer_that_does_not_say_what_it_used_costs_its_worst_case_unless_an_error(
-    status: int | None, spent: int
-) -> None:
+def answer(status: int | None, body: dict[str, Any] | None) -> Reply:
+    return Reply(Verdict.RETRY, status, body, None, None, None, None, 1.0)
+
+
+USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 99}
+
+
+@pytest.mark.parametrize(
+    ("reply", "spent"),
+    [
+        pytest.param(answer(None, None), 2000, id="no-answer"),
+        pytest.param(answer(200, {"id": "x"}), 2000, id="200-no-usage"),
+        pytest.param(answer(200, None), 2000, id="200-cut-off"),
+        pytest.param(answer(200, {"error": {"message": "busy"}}), 0, id="200-error-object"),
+        pytest.param(answer(400, {"error": {}}), 0, id="400"),
+        pytest.param(answer(200, {"choices": [], "usage": USAGE}), 10, id="usage-from-its-parts"),
+    ],
+)
+def test_what_an_attempt_spends_of_a_token_budget(reply: Reply, spent: int) -> None:
     budget = Budget(None, 10_000, None)
     reservation = budget.reserve("m", {"max_tokens": 1000}, 1000)
     assert not isinstance(reservation, str)
+    usage = reply.billed_usage()
 
-    budget.settle(reservation, status, served_model=None, usage=None)
+    budget.settle(reservation, None, usage, unknown=usage is None and reply.charge_unknown())
 
     assert budget.spent_tokens == spent
+
+
+def test_a_released_reservation_spends_nothing_and_frees_its_room() -> None:
+    budget = Budget(None, 2000, None)
+    reservation = budget.reserve("m", {"max_tokens": 1000}, 1000)
+    assert not isinstance(reservation, str)
+    assert isinstance(budget.reserve("m", {"max_tokens": 1000}, 1000), str)
+
+    budget.release(reservation)
+
+    assert (budget.spent_tokens, budget.in_flight) == (0, False)
+    assert isinstance(budget.reserve("m", {"max_tokens": 1000}, 1000), Reservation)
