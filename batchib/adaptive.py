@@ -153,7 +153,9 @@ class AdaptiveRate:
             return False
         self._increased_at = now
         if self.rate_per_s < self._recover_to:
-            grown = min(self._recover_to, self.rate_per_s * GROWTH_PER_S**elapsed)
+            # (A long quiet spell reaches the recovery point anyway; the cap keeps the
+            # power finite: 1.2 ** 3900 overflows a float.)
+            grown = min(self._recover_to, self.rate_per_s * GROWTH_PER_S ** min(elapsed, 600.0))
         else:
             grown = self.rate_per_s + self._increase_step * elapsed
         self.rate_per_s = min(ceiling, grown)

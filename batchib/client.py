@@ -112,36 +112,54 @@ def classify(
 
 class Scrubber:
     """Cuts the key out of a gateway's answer: its body (the raw bytes, and the strings
-    JSON escapes could have hidden from them) and its request id.
+    JSON escapes could have hidden from them), the text reported when the body is not a
+    JSON object, and the request id.
 
     A gateway may echo the key, in an error message say, and may escape it as it does
-    (``\\/`` for ``/``, ``\\u0041`` for ``A``). Without a backslash in the answer, the
-    bytes are what its strings decode to, and one search of them settles it. With one,
-    the parsed body is written again the way orjson writes (nothing escaped but ``"``,
-    ``\\`` and control characters) and searched for the key written so; only a body
-    that holds the key is walked. Very short keys would match ordinary text and are left
-    alone.
+    (``\\/`` for ``/``, ``\\u0041`` for ``A``). The key is printable ASCII (ApiKey
+    refuses anything else), so only those escapes (and ``\\"``, ``\\\\`` for a key
+    holding a quote or a backslash) can hide it; ``\\n`` and the like, in nearly every
+    real completion, cannot. Without such an escape the bytes are what the strings
+    decode to, and one search of them settles it. With one, the parsed value is written
+    again the way orjson writes (nothing escaped but ``"``, ``\\`` and control
+    characters) and searched for the key written so; only a value that holds the key is
+    walked. Very short keys would match ordinary text and are left alone.
     """
 
     def __init__(self, secret: str) -> None:
         self.secret = secret if len(secret) >= MIN_REDACTED_LEN else None
         self._raw = secret.encode()
         self._written = orjson.dumps(secret)[1:-1]  # as orjson writes it inside a string
+        self._hiding = (
+            (b"\\/", b"\\u")
+            + ((b'\\"',) if '"' in secret else ())
+            + ((b"\\\\",) if "\\" in secret else ())
+        )
 
     def raw(self, raw: bytes) -> bytes:
         if self.secret is None or self._raw not in raw:
             return raw
         return raw.replace(self._raw, REDACTED.encode())
 
-    def body(self, raw: bytes, body: dict[str, Any] | None) -> dict[str, Any] | None:
-        """`body` parsed from `raw` (already through :meth:`raw`), without the key."""
-        if self.secret is None or body is None or b"\\" not in raw:
-            return body
-        if self._written not in orjson.dumps(body):
-            return body
-        scrubbed = _replace_in(body, self.secret)
-        assert isinstance(scrubbed, dict)
-        return scrubbed
+    def answer(self, raw: bytes) -> tuple[dict[str, Any] | None, str]:
+        """(the body if it is a JSON object, else None; the text to report when it is
+        not, else ""), without the key. `raw` has been through :meth:`raw`."""
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None, raw[:MAX_MESSAGE_CHARS].decode("utf-8", "replace")
+        if self.secret is not None and any(escape in raw for escape in self._hiding):
+            try:
+                holds = self._written in orjson.dumps(value)
+            except TypeError:  # nested deeper than orjson writes: cannot be checked
+                return None, "(an answer nested too deeply to check for the key: withheld)"
+            if holds:
+                value = _replace_in(value, self.secret)
+                if not isinstance(value, dict):
+                    return None, orjson.dumps(value).decode()[:MAX_MESSAGE_CHARS]
+        if isinstance(value, dict):
+            return value, ""
+        return None, raw[:MAX_MESSAGE_CHARS].decode("utf-8", "replace")
 
     def text(self, value: str | None) -> str | None:
         if self.secret is None or value is None or self.secret not in value:
@@ -158,14 +176,6 @@ def _replace_in(value: Any, secret: str) -> Any:
     if isinstance(value, list):
         return [_replace_in(item, secret) for item in value]
     return value
-
-
-def _parse_json(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 class GatewayClient:
@@ -193,9 +203,7 @@ class GatewayClient:
             # The exception text names the host and the failure, never headers.
             return self._no_answer(started, "connection_error", f"{type(exc).__name__}: {exc}")
         latency_ms = (time.perf_counter() - started) * 1000
-        raw = self._scrub.raw(raw)
-        body = self._scrub.body(raw, _parse_json(raw))
-        text = "" if body is not None else raw[:MAX_MESSAGE_CHARS].decode("utf-8", "replace")
+        body, text = self._scrub.answer(self._scrub.raw(raw))
         verdict, code, message, wait_s = classify(status, headers, body, text, time.time())
         return Reply(
             verdict=verdict,

@@ -365,3 +365,17 @@ def test_after_an_episode_of_429s_the_rate_grows_back_fast_then_additively() -> 
     clock.now += 10.0  # then additively: 2 % of 855 a second
     rate.on_success(1)
     assert rate.rate_per_s == pytest.approx(855 + 10 * 0.02 * 855)
+
+
+def test_growth_after_a_very_long_quiet_spell_reaches_the_recovery_point() -> None:
+    clock = FakeClock(0.0)
+    rate = AdaptiveRate(None, clock)
+    rate.sent.add(2000)
+    rate.on_rate_limited(seq=0, last_seq=10)  # 500/s
+    clock.now = 0.5
+    rate.on_rate_limited(seq=11, last_seq=20)  # halved: 250/s
+
+    clock.now = 10_000.0  # 1.2 ** 10000 would overflow
+    assert rate.on_success(1) is True
+
+    assert rate.rate_per_s == pytest.approx(500.0)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from batchib.client import Scrubber
 from batchib.config import ApiKey, Job, RunSettings
 from batchib.simulator import SimulatorSettings
 
@@ -278,3 +279,37 @@ def test_key_is_not_written_by_json_logs_manifest_lock_compact_or_config_dump(
     assert (tmp_path / "out.jsonl.lock").exists()
     assert_key_nowhere(api_key, run, tmp_path)
     assert_key_nowhere(api_key, dump, tmp_path)
+
+
+KEY = "AbC/dEf+SECRETCANARY123=="
+
+
+WITHHELD = "(an answer nested too deeply to check for the key: withheld)"
+DEEP = b"[" * 300 + b'"\\/"' + b"]" * 300
+
+
+@pytest.mark.parametrize(
+    ("raw", "body", "text"),
+    [
+        pytest.param(
+            b'"invalid key AbC\\/dEf+SECRETCANARY123=="',
+            None,
+            '"invalid key [REDACTED]"',
+            id="json-string",
+        ),
+        pytest.param(
+            b'["\\u0041bC/dEf+SECRETCANARY123=="]', None, '["[REDACTED]"]', id="json-array"
+        ),
+        pytest.param(DEEP, None, WITHHELD, id="too-deep-to-check"),
+        pytest.param(b'{"a": "x\\ny"}', {"a": "x\ny"}, "", id="escapes-that-cannot-hide-it"),
+        pytest.param(
+            b"<html>AbC/dEf+SECRETCANARY123==</html>", None, "<html>[REDACTED]</html>", id="html"
+        ),
+    ],
+)
+def test_scrubber_finds_the_key_however_an_answer_holds_it(
+    raw: bytes, body: dict[str, str] | None, text: str
+) -> None:
+    scrub = Scrubber(KEY)
+
+    assert scrub.answer(scrub.raw(raw)) == (body, text)
