@@ -863,7 +863,11 @@ def _print_estimate(
     if done_in is not None:
         from batchib.results import load_done
 
-        load_done(done_in, ids)
+        try:
+            load_done(done_in, ids)
+        except OSError as exc:
+            ids.close()
+            _fail(f"cannot read the results {done_in}: {exc.strerror}")
         items = not_done = _NotDone(items, ids)
     bar = None
     if sys.stderr.isatty():

@@ -80,7 +80,7 @@ def classify(
         return (
             Verdict.STOP_RUN,
             f"http_{status}",
-            f"the gateway redirects to {where[:200]}: batchib does not follow redirects; "
+            f"the gateway redirects to {where[:2000]}: batchib does not follow redirects; "
             "if that is the gateway's address, use it as --base-url",
             None,
         )

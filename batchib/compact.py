@@ -50,13 +50,14 @@ def _parse(raw: bytes) -> object:
 
 def compact(path: Path) -> Compaction:
     """Compact `path` in place; the caller holds its lock."""
-    set_aside_torn_tail(path)
     latest = choose_latest([path])
     if not latest.records and any(True for _ in _raw_lines(path)):
         # Not a results file (an input given by mistake, say): compacting would move
-        # every line aside and leave it empty.
+        # every line aside and leave it empty. Refused before anything is touched.
         latest.close()
         raise OutputError(f"{path} holds no results: none of its lines is a record")
+    # A torn tail is never a record, so the positions chosen above still hold.
+    set_aside_torn_tail(path)
     before = after = aside = 0
     directory = path.parent
     try:

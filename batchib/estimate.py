@@ -48,6 +48,9 @@ class ModelEstimate:
     expected_known: bool = True  # every request had an expected length
     completion_max: int = 0
     unbounded: int = 0  # requests with no completion cap at all
+    # What the requests count against tokens per minute: the prompt plus the line's own
+    # cap (what the run reserves and the gateway charges), else the expected reply.
+    paced_tokens: float = 0.0
 
     def add(
         self,
@@ -60,6 +63,7 @@ class ModelEstimate:
         self.requests += 1
         self.prompt_tokens += prompt
         self.completion_min += choices  # at least one token per choice
+        self.paced_tokens += prompt + (cap if cap is not None else (expected or 0.0) * choices)
         if cap is None and settings.assume_max_tokens is not None:
             cap = settings.assume_max_tokens * choices
         if cap is None:
@@ -149,6 +153,7 @@ class Estimate:
             total.expected_known = total.expected_known and figures.expected_known
             total.completion_max += figures.completion_max
             total.unbounded += figures.unbounded
+            total.paced_tokens += figures.paced_tokens
         summary = total.as_dict(self.settings, None, "")
         costs = [m.get("cost_usd") for m in models.values()] if self.prices else []
         if self.prices is not None:
@@ -183,9 +188,9 @@ class Estimate:
 
     def _wall_time_s(self, total: ModelEstimate) -> float | None:
         """The slowest of the limits. Concurrency: the requests go in waves of -c, each
-        taking the latency. A rate (rpm, or tpm at the tokens a request uses: prompt
-        plus the expected completion, else its cap): the last request starts (N - 1) /
-        rate after the first and takes the latency too."""
+        taking the latency. A rate (rpm, or tpm at the tokens a request counts against
+        it: prompt plus its own cap, else its expected reply): the last request starts
+        (N - 1) / rate after the first and takes the latency too."""
         requests = total.requests
         if not requests:
             return 0.0
@@ -196,11 +201,7 @@ class Estimate:
         if settings.requests_per_minute:
             rates.append(settings.requests_per_minute / 60)
         if settings.tokens_per_minute:
-            if total.expected_known:
-                completion = total.completion_expected
-            else:
-                completion = 0 if total.unbounded else total.completion_max
-            per_request = (total.prompt_tokens + completion) / requests
+            per_request = total.paced_tokens / requests
             if per_request > 0:
                 rates.append(settings.tokens_per_minute / 60 / per_request)
         paced = (requests - 1) / min(rates) + latency if rates else 0.0

@@ -17,6 +17,7 @@ from batchib.manifest import differences, write_manifest
 from batchib.parseproc import Parser, ParserUsage
 from batchib.results import ResumeState, load_done
 from batchib.resultsfile import ResultsFile, set_aside_torn_tail, torn_path
+from batchib.runfiles import check_apart
 from batchib.runner import RunOutcome, run_batch
 from batchib.source import InputFiles, ObjectsInMemory
 from batchib.summary import append_ledger, utc_now, write_summary
@@ -79,6 +80,7 @@ async def run_job(
     """Run `job` to the end (or to a stop) and return the summary it wrote. With
     `parser` (a :func:`batchib.parseproc.spawn_parser` process) the input is parsed
     there; otherwise on the event loop. Either way this call stops and reaps it."""
+    check_apart(job)  # the CLI checked already; a library caller may not have
     started_at = utc_now()
     if not differences(job):
         # With --allow-mixed the manifest keeps describing the first settings.

@@ -29,9 +29,9 @@ HOLD_MARGIN_S = 0.1
 # With limits unknown, the first request goes alone so that its answer's headers (if
 # any) set the rate before the rest go; this long at most.
 PROBE_TIMEOUT_S = 2.0
-# With no rate in force, a 429 lowers one only when at least this many requests went out
-# in the meter's window: one request (the probe, say) is no rate that was too much --
-# the quota is spent for now, and its Retry-After or backoff is the answer to that.
+# With no rate in force, a 429 lowers one only once this many requests have gone out:
+# one request (the probe, say) is no rate that was too much -- the quota is spent for
+# now, and its Retry-After or backoff is the answer to that.
 MIN_SENT_TO_JUDGE = 4
 
 
@@ -172,10 +172,7 @@ class Limits:
             tokens_hit = reply.error_type == "tokens"
             dimension = self.tokens if tokens_hit else self.requests
             cost = ticket.tokens if tokens_hit else 1
-            if (
-                dimension.rate.rate_per_s is None
-                and self.requests.rate.sent.total() < MIN_SENT_TO_JUDGE
-            ):
+            if dimension.rate.rate_per_s is None and self._last_seq + 1 < MIN_SENT_TO_JUDGE:
                 return
             wait_s = reply.retry_after_s
             hint = cost / wait_s if wait_s and reply.retry_after_precise else None

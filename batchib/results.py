@@ -42,8 +42,10 @@ def request_record(
     succeeded = reply.verdict is Verdict.SUCCESS
     response: dict[str, Any] | None = None
     error: dict[str, str] | None = None
-    if reply.status is not None:
-        # An HTTP answer keeps its status and request id (the gateway's handle on it)...
+    if reply.status is not None and (reply.body is not None or not is_billed(reply.status)):
+        # An HTTP answer keeps its status and request id (the gateway's handle on it),
+        # except a 2xx with no JSON body, which readers of the status would take for a
+        # success: its status and id go into the error's message instead...
         response = {"status_code": reply.status, "request_id": reply.request_id or ""}
         if reply.body is not None:
             response["body"] = reply.body
@@ -54,7 +56,11 @@ def request_record(
         # for a success.
         error = {"code": reply.code or "unknown", "message": reply.message or ""}
         if reply.status is not None:
-            error["message"] = f"HTTP {reply.status}: {error['message']}"
+            in_response = response is not None
+            known_as = (
+                f", request id {reply.request_id}" if reply.request_id and not in_response else ""
+            )
+            error["message"] = f"HTTP {reply.status}{known_as}: {error['message']}"
     served = reply.body.get("model") if succeeded and reply.body else None
     return {
         "id": _record_id(),

@@ -31,9 +31,14 @@ def check_apart(job: Job) -> None:
     ]
     if job.usage_log is not None:
         written.append(("--usage-log", job.usage_log))
-    seen: dict[Path, str] = {
-        Path(name).resolve(): f"the input {name}" for name in job.inputs if name != "-"
-    }
+    seen: dict[Path, str] = {}
+    for name in job.inputs:
+        if name == "-":
+            continue
+        resolved = Path(name).resolve()
+        if resolved in seen:  # every line would be sent twice
+            raise ConfigError(f"the input {name} is given more than once")
+        seen[resolved] = f"the input {name}"
     for role, path in written:
         resolved = path.resolve()
         if resolved in seen:

@@ -301,6 +301,7 @@ def test_bad_param_is_a_usage_error(param, sample, run_batchib, closed_port_url,
             ),
             "the output in.jsonl is also the input",
         ),
+        (("./in.jsonl", "-o", "r.jsonl"), "the input ./in.jsonl is given more than once"),
     ],
 )
 def test_a_file_the_run_writes_may_not_be_another_it_writes_or_reads(
@@ -528,3 +529,13 @@ def test_the_summary_names_the_event_loop_the_run_went_on(
     expected = "uvloop" if choice == "default" else "asyncio"
     assert summary["event_loop"] == expected
     assert summary["counts"]["succeeded"] == summary["counts"]["lines"] > 0
+
+
+def test_dry_run_with_an_unreadable_output_says_so_without_a_traceback(run_batchib, tmp_path):
+    source = write_prompts(tmp_path / "in.jsonl", 3)
+
+    run = run_batchib(source, "-o", "/proc/self/mem", "--model", MODEL, "--dry-run")
+
+    assert run.status == 1
+    assert "cannot read the results /proc/self/mem" in run.stderr
+    assert "Traceback" not in run.stderr

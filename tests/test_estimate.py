@@ -196,3 +196,24 @@ def test_calibrated_estimate_predicts_the_next_run_within_five_percent(
     assert (
         predicted["total"]["prompt_tokens"] == second.summary()["usage"]["total"]["prompt_tokens"]
     )
+
+
+def test_wall_time_at_a_token_rate_counts_a_capped_line_at_its_cap(tmp_path: Path) -> None:
+    # The run reserves, and the gateway charges, prompt + max_tokens against --tpm,
+    # however short the reply is expected to be.
+    line = {"prompt": "x" * 36, "model": "m", "max_tokens": 4000}
+    source = write_lines(tmp_path / "in.jsonl", *[line] * 11)
+
+    _, result, _ = estimate(
+        tmp_path,
+        source,
+        "--tpm",
+        "60000",
+        "--latency",
+        "0.1",
+        "--expected-completion-tokens",
+        "200",
+    )
+
+    prompt = result["total"]["prompt_tokens"] / 11
+    assert result["total"]["wall_time_s"] == round(10 * (prompt + 4000) / 1000 + 0.1, 1)

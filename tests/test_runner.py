@@ -870,3 +870,14 @@ def test_a_stop_gives_back_the_budget_reserved_for_requests_that_never_leave() -
     assert outcome.stop is not None and outcome.stop.code == "invalid_api_key"
     assert len(gateway.received) == 1
     assert (budget.spent_tokens, budget.in_flight) == (0, False)
+
+
+def test_a_2xx_cut_off_is_no_response_but_an_error_naming_its_status_and_id() -> None:
+    cut = reply(200, raw=b'{"id": "chatcmpl-test", "choices": [{"index": 0, "mess')
+    gateway = ScriptedGateway(default=cut)
+
+    _, sink = run(gateway, requests("a"), max_attempts=1)
+
+    [record] = sink.records
+    assert record["response"] is None
+    assert record["error"]["message"].startswith("HTTP 200, request id req_200: ")
