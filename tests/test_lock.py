@@ -25,6 +25,19 @@ def start_cli(tmp_path: Path, url: str, key: str, *extra: str) -> subprocess.Pop
     return start_run(tmp_path, url, key, *extra, concurrency=2)
 
 
+def a_run_holding_the_lock(
+    tmp_path: Path, start_app: Callable[[web.Application], str], key: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A run on in.jsonl -> out.jsonl that has sent its first request (so holds the
+    lock), against a gateway slow enough to keep it going; and the gateway's URL."""
+    write_prompts(tmp_path / "in.jsonl")
+    gateway = CountingGateway(latency_ms=200, wake_at=1)
+    url = start_app(gateway.app)
+    first = start_cli(tmp_path, url, key)
+    assert gateway.reached.wait(timeout=30)
+    return first, url
+
+
 def test_a_second_lock_on_the_same_output_is_refused_naming_the_holder(tmp_path: Path) -> None:
     output = tmp_path / "out.jsonl"
     # A separate open file description conflicts even within one process.
@@ -44,11 +57,7 @@ def test_two_concurrent_runs_on_one_output_exactly_one_proceeds(
     run_batchib: Callable[..., CliRun],
     api_key: str,
 ) -> None:
-    write_prompts(tmp_path / "in.jsonl")
-    gateway = CountingGateway(latency_ms=200, wake_at=1)
-    url = start_app(gateway.app)
-    first = start_cli(tmp_path, url, api_key)
-    assert gateway.reached.wait(timeout=30)
+    first, url = a_run_holding_the_lock(tmp_path, start_app, api_key)
 
     second = run_batchib("in.jsonl", "-o", "out.jsonl", "--model", "gpt-5.4", "--base-url", url)
 
@@ -98,11 +107,7 @@ def test_ctrl_c_while_waiting_for_the_lock_is_an_interruption(
     start_app: Callable[[web.Application], str],
     api_key: str,
 ) -> None:
-    write_prompts(tmp_path / "in.jsonl")
-    gateway = CountingGateway(latency_ms=200, wake_at=1)
-    url = start_app(gateway.app)
-    first = start_cli(tmp_path, url, api_key)
-    assert gateway.reached.wait(timeout=30)
+    first, url = a_run_holding_the_lock(tmp_path, start_app, api_key)
     second = start_cli(tmp_path, url, api_key, "--wait-lock", "--log-format", log_format)
     assert waiting_for_a_lock(second.pid)
 
@@ -129,11 +134,7 @@ def test_in_json_log_mode_a_refusal_is_a_json_event(
     run_batchib: Callable[..., CliRun],
     api_key: str,
 ) -> None:
-    write_prompts(tmp_path / "in.jsonl")
-    gateway = CountingGateway(latency_ms=200, wake_at=1)
-    url = start_app(gateway.app)
-    first = start_cli(tmp_path, url, api_key)
-    assert gateway.reached.wait(timeout=30)
+    first, url = a_run_holding_the_lock(tmp_path, start_app, api_key)
 
     locked = run_batchib(
         "in.jsonl", "-o", "out.jsonl", "--model", "gpt-5.4", "--base-url", url,
@@ -160,11 +161,7 @@ def test_a_lock_left_by_a_killed_run_does_not_block(
     run_batchib: Callable[..., CliRun],
     api_key: str,
 ) -> None:
-    write_prompts(tmp_path / "in.jsonl")
-    gateway = CountingGateway(latency_ms=200, wake_at=1)
-    url = start_app(gateway.app)
-    first = start_cli(tmp_path, url, api_key)
-    assert gateway.reached.wait(timeout=30)
+    first, url = a_run_holding_the_lock(tmp_path, start_app, api_key)
     first.kill()
     first.communicate(timeout=30)
     assert (tmp_path / "out.jsonl.lock").exists()
