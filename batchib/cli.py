@@ -19,6 +19,7 @@ from batchib import eventloop
 from batchib.config import DEFAULT_BASE_URL, ApiKey, Job, RequestDefaults, RunSettings
 from batchib.control import (
     EXIT_ABORTED,
+    EXIT_HUNG_UP,
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
     EXIT_SOME_FAILED,
@@ -509,8 +510,8 @@ def run(
     """Send every request in the INPUT JSONL files ('-' for stdin); write results to OUTPUT.
 
     Exit status: 0 all succeeded, 1 aborted, 2 usage error, 3 some failed, 4 budget reached,
-    75 another run holds OUTPUT, 130/143 interrupted. Interrupted and aborted runs
-    resume when rerun.
+    75 another run holds OUTPUT, 130/143/129 interrupted (SIGINT/SIGTERM/SIGHUP).
+    Interrupted and aborted runs resume when rerun.
     """
     if log_format == "json":
         click.get_current_context().meta[JSON_MESSAGES] = True
@@ -668,11 +669,15 @@ def _signals_stop(control: RunControl, grace_s: float) -> Iterator[None]:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, on_signal, EXIT_INTERRUPTED)
     loop.add_signal_handler(signal.SIGTERM, on_signal, EXIT_TERMINATED)
+    # A closed terminal: stop as for SIGTERM (what is in flight finishes, a summary is
+    # written), rather than die as the default would, with no summary.
+    loop.add_signal_handler(signal.SIGHUP, on_signal, EXIT_HUNG_UP)
     try:
         yield
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGHUP)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ EXIT_BUDGET = 4
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run has the output; try again later
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+EXIT_HUNG_UP = 129  # SIGHUP: the terminal closed
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,8 @@ class RunControl:
             self._hurry.set()
 
     def interrupt(self, exit_status: int = EXIT_INTERRUPTED) -> None:
-        """What a SIGINT (130) or SIGTERM (143) handler calls."""
-        name = "SIGTERM" if exit_status == EXIT_TERMINATED else "SIGINT"
+        """What a SIGINT (130), SIGTERM (143) or SIGHUP (129) handler calls."""
+        name = {EXIT_TERMINATED: "SIGTERM", EXIT_HUNG_UP: "SIGHUP"}.get(exit_status, "SIGINT")
         self.request_stop(
             Stop(
                 code="interrupted",

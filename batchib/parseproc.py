@@ -115,8 +115,9 @@ def spawn_parser() -> Parser:
             # A pipe reading the command's stdout must not wait for the child.
             file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)],
             # Blocked for the child's whole life (Python does not unblock them), so that a
-            # Ctrl-C to the process group, even while it starts, never reaches it.
-            setsigmask={signal.SIGINT, signal.SIGTERM},
+            # Ctrl-C (or a closed terminal's SIGHUP) to the process group, even while it
+            # starts, never reaches it.
+            setsigmask={signal.SIGINT, signal.SIGTERM, signal.SIGHUP},
         )
     except BaseException:
         for fd in (job_write, items_read):

@@ -22,6 +22,8 @@ from batchib.resultsfile import torn_path
 def check_apart(job: Job) -> None:
     """ConfigError when two of the files the run writes are one file, or one is an input."""
     output = job.output
+    if str(output) == "-":  # stdin for an input, but results need a file to append to
+        raise ConfigError("-o - would write a file named '-': results go to a file, give a path")
     written = [
         ("the output", output),
         ("the output's lock", lock_path(output)),

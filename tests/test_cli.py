@@ -302,6 +302,7 @@ def test_bad_param_is_a_usage_error(param, sample, run_batchib, closed_port_url,
             "the output in.jsonl is also the input",
         ),
         (("./in.jsonl", "-o", "r.jsonl"), "the input ./in.jsonl is given more than once"),
+        (("-o", "-"), "would write a file named '-'"),
     ],
 )
 def test_a_file_the_run_writes_may_not_be_another_it_writes_or_reads(

@@ -71,7 +71,9 @@ def summary(tmp_path: Path) -> dict[str, Any]:
     return result
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_signal_writes_what_finished_and_a_rerun_sends_only_the_rest(
     signum: int,
     status: int,
