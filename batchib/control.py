@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_ABORTED = 1
@@ -74,6 +78,23 @@ class RunControl:
         await self._stopped.wait()
         assert self.stop is not None
         return self.stop
+
+    async def unless_stopped(self, work: Awaitable[T]) -> asyncio.Future[T] | None:
+        """`work`, done, or None if the run stops first; it is then cancelled (a read in
+        a thread is left to end on its own, its outcome dropped). For the waits that
+        must not keep a stopped run alive: a silent stdin, a slowed bucket, a
+        Retry-After."""
+        future = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(self.wait_stopped())
+        try:
+            await asyncio.wait([future, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not future.done():
+                future.cancel()
+        if future.cancelled() or not future.done():
+            return None
+        return future
 
     async def wait_hurry(self, timeout_s: float) -> None:
         """Return after timeout_s (inf: never), or sooner if asked to stop again."""

@@ -159,7 +159,7 @@ class Limits:
             self._follow_headers(reply.rate.requests, self.requests, 1)
             self._follow_headers(reply.rate.tokens, self.tokens, ticket.tokens)
         if reply.verdict is Verdict.SUCCESS:
-            charged = _tokens_charged(completion_cap, reply.body)
+            charged = _tokens_charged(completion_cap, reply.billed_usage())
             if charged is not None:
                 self._correct_tokens(charged - ticket.tokens)
             else:
@@ -218,13 +218,12 @@ class Limits:
         }
 
 
-def _tokens_charged(completion_cap: int | None, response: dict[str, Any] | None) -> int | None:
-    """What the gateway counts against tokens per minute for a completed request: the
-    prompt plus the completion cap when one was set, else the actual completion."""
-    usage = response.get("usage") if response else None
-    if not isinstance(usage, dict):
+def _tokens_charged(completion_cap: int | None, usage: dict[str, Any] | None) -> int | None:
+    """What the gateway counts against tokens per minute for a completed request (its
+    `usage`, from :meth:`Reply.billed_usage`): the prompt plus the completion cap when
+    one was set, else the actual completion."""
+    if usage is None:
         return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return prompt + (completion_cap if completion_cap is not None else completion)
+    prompt: int = usage["prompt_tokens"]
+    completion: int = usage["completion_tokens"] if completion_cap is None else completion_cap
+    return prompt + completion

@@ -40,27 +40,28 @@ def request_record(
 ) -> dict[str, Any]:
     """The output line for a request that was sent: its final attempt decides."""
     succeeded = reply.verdict is Verdict.SUCCESS
+    status, body = reply.status, reply.body
+    two_xx = status is not None and is_billed(status)
     response: dict[str, Any] | None = None
+    # An HTTP answer keeps its status and request id (the gateway's handle on it) --
+    # except a 2xx with no JSON body, which a reader of status codes would take for a
+    # success.
+    if status is not None and (body is not None or not two_xx):
+        response = {"status_code": status, "request_id": reply.request_id or ""}
+        if body is not None:
+            response["body"] = body
     error: dict[str, str] | None = None
-    if reply.status is not None and (reply.body is not None or not is_billed(reply.status)):
-        # An HTTP answer keeps its status and request id (the gateway's handle on it),
-        # except a 2xx with no JSON body, which readers of the status would take for a
-        # success: its status and id go into the error's message instead...
-        response = {"status_code": reply.status, "request_id": reply.request_id or ""}
-        if reply.body is not None:
-            response["body"] = reply.body
-    if reply.status is None or reply.body is None or (not succeeded and is_billed(reply.status)):
-        # ...and one with no JSON body (a proxy's HTML page, a body cut off) or a 2xx
-        # that is no completion, like no answer at all (no connection, a timeout), says
-        # what went wrong in `error`: a reader of status codes alone must not take it
-        # for a success.
-        error = {"code": reply.code or "unknown", "message": reply.message or ""}
-        if reply.status is not None:
-            in_response = response is not None
+    # A failure says what went wrong in `error` unless its JSON error body does: no
+    # answer (no connection, a timeout), a body that is not JSON (a proxy's HTML page, a
+    # body cut off), or a 2xx that is no completion.
+    if not succeeded and (body is None or two_xx):
+        message = reply.message or ""
+        if status is not None:
             known_as = (
-                f", request id {reply.request_id}" if reply.request_id and not in_response else ""
+                f", request id {reply.request_id}" if reply.request_id and not response else ""
             )
-            error["message"] = f"HTTP {reply.status}{known_as}: {error['message']}"
+            message = f"HTTP {status}{known_as}: {message}"
+        error = {"code": reply.code or "unknown", "message": message}
     served = reply.body.get("model") if succeeded and reply.body else None
     return {
         "id": _record_id(),

@@ -256,22 +256,13 @@ class _Pipeline:
             queue.put(None)
 
     async def read_unless_stopped(self, source: Source, reader: Executor) -> Sequence[Any] | None:
-        """The source's next block, or None if the run stops first.
-
-        A read may wait on a silent stdin (or on the parser process waiting on one) for
-        as long as the writer likes: a stop (a fatal answer, a budget, Ctrl-C) must not
-        wait for it. The read is left to its thread, which the run does not wait for."""
-        read: asyncio.Future[Sequence[Any]] = asyncio.wrap_future(reader.submit(source.read_block))
-        stopped: asyncio.Future[Any] = asyncio.ensure_future(self.control.wait_stopped())
-        try:
-            await asyncio.wait([read, stopped], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-        if read.done():
-            return read.result()
-        # Whatever the abandoned read ends with is of no interest now.
-        read.add_done_callback(lambda done: done.cancelled() or done.exception())
-        return None
+        """The source's next block, or None if the run stops first: a read may wait on a
+        silent stdin (or on the parser process waiting on one) for as long as the
+        writer likes, and is then left to its thread, which the run does not wait for."""
+        read = await self.control.unless_stopped(
+            asyncio.wrap_future(reader.submit(source.read_block))
+        )
+        return None if read is None else read.result()
 
     def admit(self, seq: int, item: Item, queue: Queue) -> None:
         self.stats.read += 1
@@ -426,8 +417,10 @@ class _Pipeline:
                 break
             self.stats.retries += 1
             wait_s = reply.retry_after_s
-            await self.sleep_unless_stopped(
-                backoff_s(attempt, self.rng) if wait_s is None else wait_s
+            # A stop (a fatal answer, a budget, Ctrl-C) ends the wait: nothing more will
+            # be sent, and the run must not outlast it by a Retry-After.
+            await self.control.unless_stopped(
+                self.sleep(backoff_s(attempt, self.rng) if wait_s is None else wait_s)
             )
         elapsed_ms = (time.perf_counter() - started) * 1000
         return _Sent(request, reply, attempt, elapsed_ms, prompt_tokens, counter.name)
@@ -437,28 +430,8 @@ class _Pipeline:
         request a minute (or a header hold) must not keep a stopped run alive."""
         if self.control.stopping:
             return None
-        acquiring = asyncio.ensure_future(self.limits.acquire(tokens))
-        stopped = asyncio.ensure_future(self.control.wait_stopped())
-        try:
-            await asyncio.wait([acquiring, stopped], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            if not acquiring.done():
-                acquiring.cancel()
-        if acquiring.cancelled() or not acquiring.done():
-            return None
-        return acquiring.result()
-
-    async def sleep_unless_stopped(self, seconds: float) -> None:
-        """Wait before a retry; a stop (a fatal answer, a budget, Ctrl-C) ends the wait:
-        nothing more will be sent, and the run must not outlast it by a Retry-After."""
-        sleeping = asyncio.ensure_future(self.sleep(seconds))
-        stopped = asyncio.ensure_future(self.control.wait_stopped())
-        try:
-            await asyncio.wait([sleeping, stopped], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeping.cancel()
-            stopped.cancel()
+        acquired = await self.control.unless_stopped(self.limits.acquire(tokens))
+        return None if acquired is None else acquired.result()
 
     def token_counter(self, request: Request) -> TokenCounter:
         """Exact counts (the tokenizer: 0.05 s to load, ~65 MB) once tokens matter -- a
